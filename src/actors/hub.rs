@@ -1,0 +1,228 @@
+//! `Hub`: one per actix-web worker. It owns the registry of that worker's sessions and fans
+//! events out to them by pushing shared frame bytes onto each session's outbox, never awaiting a
+//! socket. `HubSet` lists every worker's hub so an event published anywhere reaches them all;
+//! fan-out uses every core with no lock per frame.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use bytes::Bytes;
+
+use super::session::{CatchUp, SessionActor, Stop};
+use crate::domain::{Cursor, UserId};
+use crate::metrics::Metrics;
+use crate::sse::{Offer, Outbox};
+
+/// Who receives a frame.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Every session of one user; `cursor` is set for stored events.
+    User {
+        user: UserId,
+        cursor: Option<Cursor>,
+    },
+    /// Every session.
+    All,
+}
+
+/// One encoded frame and its audience; shared by all hubs.
+#[derive(Debug)]
+pub struct Delivery {
+    pub target: Target,
+    pub frame: Bytes,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Arc<Delivery>);
+
+/// Ends every stream of this worker after its queued frames (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainAll;
+
+pub struct SessionEntry {
+    pub id: u64,
+    pub outbox: Rc<RefCell<Outbox>>,
+    pub session: Addr<SessionActor>,
+}
+
+/// The sessions of one worker, by user. Only touched from that worker's thread.
+pub struct Registry {
+    by_user: HashMap<UserId, Vec<SessionEntry>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Registry {
+            by_user: HashMap::new(),
+            metrics,
+        }
+    }
+
+    pub fn register(&mut self, user: UserId, entry: SessionEntry) {
+        self.by_user.entry(user).or_default().push(entry);
+        self.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn unregister(&mut self, user: &UserId, id: u64) {
+        let Some(entries) = self.by_user.get_mut(user) else {
+            return;
+        };
+        let before = entries.len();
+        entries.retain(|e| e.id != id);
+        if entries.len() < before {
+            self.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if entries.is_empty() {
+            self.by_user.remove(user);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_user.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_user.is_empty()
+    }
+
+    fn deliver(&mut self, delivery: &Delivery) {
+        let mut queued = 0;
+        match &delivery.target {
+            Target::User { user, cursor } => {
+                if let Some(entries) = self.by_user.get(user) {
+                    for entry in entries {
+                        queued += self.offer(entry, *cursor, &delivery.frame);
+                    }
+                }
+            }
+            Target::All => {
+                for entry in self.by_user.values().flatten() {
+                    queued += self.offer(entry, None, &delivery.frame);
+                }
+            }
+        }
+        Metrics::add(&self.metrics.frames_queued, queued);
+    }
+
+    /// The per-session cost of a delivery: one push onto its outbox.
+    fn offer(&self, entry: &SessionEntry, cursor: Option<Cursor>, frame: &Bytes) -> u64 {
+        let mut outbox = entry.outbox.borrow_mut();
+        let offer = match cursor {
+            Some(c) => outbox.offer_user(c, frame.clone()),
+            None => outbox.offer(frame.clone()),
+        };
+        match offer {
+            Offer::Queued => 1,
+            Offer::NeedsCatchUp => {
+                entry.session.do_send(CatchUp);
+                0
+            }
+            Offer::Full => {
+                // Too slow: free its queue now; the client resumes with Last-Event-ID.
+                outbox.close();
+                Metrics::add(&self.metrics.sessions_closed_slow, 1);
+                entry.session.do_send(Stop);
+                0
+            }
+            Offer::Held | Offer::Skipped | Offer::Closed => 0,
+        }
+    }
+
+    fn heartbeat(&self, frame: &Bytes) {
+        for entry in self.by_user.values().flatten() {
+            entry.outbox.borrow_mut().offer_heartbeat(frame);
+        }
+    }
+
+    fn drain_all(&self) {
+        for entry in self.by_user.values().flatten() {
+            entry.outbox.borrow_mut().drain_and_close();
+        }
+    }
+}
+
+pub struct Hub {
+    registry: Rc<RefCell<Registry>>,
+    heartbeat_every: Duration,
+    heartbeat: Bytes,
+}
+
+impl Hub {
+    pub fn new(
+        registry: Rc<RefCell<Registry>>,
+        heartbeat_every: Duration,
+        heartbeat: Bytes,
+    ) -> Self {
+        Hub {
+            registry,
+            heartbeat_every,
+            heartbeat,
+        }
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // One tick per worker serves every session: no timer per connection.
+        ctx.run_interval(self.heartbeat_every, |hub, _| {
+            hub.registry.borrow().heartbeat(&hub.heartbeat);
+        });
+    }
+}
+
+impl Handler<Deliver> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+        self.registry.borrow_mut().deliver(&msg.0);
+    }
+}
+
+impl Handler<DrainAll> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: DrainAll, _: &mut Self::Context) {
+        self.registry.borrow().drain_all();
+    }
+}
+
+/// Every worker's hub. Locked only when a worker starts and once per published event.
+#[derive(Default)]
+pub struct HubSet {
+    hubs: RwLock<Vec<Addr<Hub>>>,
+}
+
+impl HubSet {
+    pub fn add(&self, hub: Addr<Hub>) {
+        if let Ok(mut hubs) = self.hubs.write() {
+            hubs.push(hub);
+        }
+    }
+
+    pub fn publish(&self, delivery: Delivery) {
+        let delivery = Arc::new(delivery);
+        if let Ok(hubs) = self.hubs.read() {
+            for hub in hubs.iter() {
+                hub.do_send(Deliver(delivery.clone()));
+            }
+        }
+    }
+
+    pub fn drain_all(&self) {
+        if let Ok(hubs) = self.hubs.read() {
+            for hub in hubs.iter() {
+                hub.do_send(DrainAll);
+            }
+        }
+    }
+}

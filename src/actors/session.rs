@@ -1,0 +1,291 @@
+//! `SessionActor`: one per SSE connection. It registers its outbox with its worker's registry in
+//! `started` and leaves in `stopping`, and it runs catch-ups: on connect (the `unread` summary,
+//! then the `Last-Event-ID` replay) and whenever its outbox sees a gap in the user's cursors.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Running,
+    WrapFuture,
+};
+
+use super::hub::{Registry, SessionEntry};
+use crate::domain::{Cursor, UnreadSummary, UserId};
+use crate::metrics::Metrics;
+use crate::sse::{Offer, Outbox, Release, frame};
+use crate::store::{ListQuery, Page, Store};
+
+/// Newest unread notifications sent in the `unread` summary on connect.
+pub const UNREAD_LATEST: u32 = 10;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Read the store from the outbox's last cursor and release held frames.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp;
+
+/// The connection is gone or the session was closed: stop now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+pub struct SessionActor {
+    id: u64,
+    user: UserId,
+    outbox: Rc<RefCell<Outbox>>,
+    registry: Rc<RefCell<Registry>>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// `Last-Event-ID` of the request, used by the first catch-up only.
+    resume: Option<Cursor>,
+    replay_page: u32,
+    catch_up_running: bool,
+    _permit: SessionPermit,
+}
+
+/// Everything a session needs from its worker and the app.
+pub struct SessionSetup {
+    pub user: UserId,
+    pub outbox: Rc<RefCell<Outbox>>,
+    pub registry: Rc<RefCell<Registry>>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub resume: Option<Cursor>,
+    pub replay_page: u32,
+    pub permit: SessionPermit,
+}
+
+impl SessionActor {
+    pub fn new(setup: SessionSetup) -> Self {
+        SessionActor {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            user: setup.user,
+            outbox: setup.outbox,
+            registry: setup.registry,
+            store: setup.store,
+            metrics: setup.metrics,
+            resume: setup.resume,
+            replay_page: setup.replay_page,
+            catch_up_running: false,
+            _permit: setup.permit,
+        }
+    }
+
+    fn spawn_catch_up(&mut self, ctx: &mut Context<Self>, on_connect: bool) {
+        self.catch_up_running = true;
+        Metrics::add(&self.metrics.catch_ups, 1);
+        let job = CatchUpJob {
+            store: self.store.clone(),
+            user: self.user.clone(),
+            outbox: self.outbox.clone(),
+            page: self.replay_page,
+        };
+        let resume = self.resume.take();
+        let fut = async move {
+            if on_connect {
+                job.connect(resume).await?;
+            }
+            job.run().await
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.catch_up_running = false;
+            match result {
+                Ok(Release::Live) => {}
+                Ok(Release::Full) => {
+                    Metrics::add(&act.metrics.sessions_closed_slow, 1);
+                    ctx.stop();
+                }
+                Ok(Release::ReadAgain) => act.spawn_catch_up(ctx, false),
+                Err(error) => {
+                    tracing::warn!(user = %act.user, error = ?error, "catch-up failed; closing session");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Subscribe first, then read the store: live frames that race the reads are held by the
+        // outbox and released by cursor, so none is lost or repeated.
+        self.registry.borrow_mut().register(
+            self.user.clone(),
+            SessionEntry {
+                id: self.id,
+                outbox: self.outbox.clone(),
+                session: ctx.address(),
+            },
+        );
+        Metrics::add(&self.metrics.sessions_opened, 1);
+        self.spawn_catch_up(ctx, true);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.registry.borrow_mut().unregister(&self.user, self.id);
+        self.outbox.borrow_mut().close();
+        Running::Stop
+    }
+}
+
+impl Handler<CatchUp> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CatchUp, ctx: &mut Self::Context) {
+        // A running catch-up releases whatever is held when it ends.
+        if !self.catch_up_running {
+            self.spawn_catch_up(ctx, false);
+        }
+    }
+}
+
+impl Handler<Stop> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// The store reads of one catch-up; holds no borrow of the outbox across an await.
+struct CatchUpJob {
+    store: Arc<dyn Store>,
+    user: UserId,
+    outbox: Rc<RefCell<Outbox>>,
+    page: u32,
+}
+
+impl CatchUpJob {
+    /// On connect: the `unread` summary, then where the replay starts. A cursor beyond the
+    /// user's head (a client of a reset database) restarts at the head.
+    async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<()> {
+        let count = self.store.unread_count(&self.user).await?;
+        let latest = if count > 0 {
+            let query = ListQuery {
+                page: Page::Newest { before: None },
+                unread_only: true,
+                limit: UNREAD_LATEST,
+            };
+            Some(self.store.list(&self.user, query).await?)
+        } else {
+            None
+        };
+        let head = self.store.head(&self.user).await?;
+        let start = match resume {
+            Some(cursor) if cursor <= head => cursor,
+            _ => head,
+        };
+        let summary = frame::unread(&UnreadSummary { count, latest })?;
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.push_direct(summary);
+        outbox.start_from(start);
+        Ok(())
+    }
+
+    /// Replays from the outbox's last cursor until the store has nothing newer, waiting for room
+    /// in the queue between pages, then releases held frames.
+    async fn run(&self) -> anyhow::Result<Release> {
+        loop {
+            futures_util::future::poll_fn(|cx| self.outbox.borrow_mut().poll_room(cx)).await;
+            let (after, room) = {
+                let outbox = self.outbox.borrow();
+                if outbox.is_closed() {
+                    return Ok(Release::Live);
+                }
+                (outbox.last(), outbox.room())
+            };
+            let limit = self
+                .page
+                .min(u32::try_from(room).unwrap_or(u32::MAX))
+                .max(1);
+            let events = self.store.events_after(&self.user, after, limit).await?;
+            let complete = events.len() < limit as usize;
+            let mut outbox = self.outbox.borrow_mut();
+            for event in &events {
+                match outbox.push_replayed(event.cursor, frame::user_event(event)?) {
+                    Offer::Full => return Ok(Release::Full),
+                    Offer::Closed => return Ok(Release::Live),
+                    _ => {}
+                }
+            }
+            if complete {
+                match outbox.release_held() {
+                    Release::ReadAgain => continue,
+                    done => return Ok(done),
+                }
+            }
+        }
+    }
+}
+
+/// Caps open sessions per user on this node. Touched on connect and disconnect only.
+pub struct SessionLimiter {
+    max: usize,
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One open session of a user; returns its slot when dropped.
+pub struct SessionPermit {
+    user: UserId,
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+impl SessionLimiter {
+    pub fn new(max: usize) -> Self {
+        SessionLimiter {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for `user`, or `None` when the user already has the maximum open.
+    pub fn acquire(&self, user: &UserId) -> Option<SessionPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(user.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SessionPermit {
+            user: user.clone(),
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_caps_sessions_per_user_and_frees_slots_on_drop() {
+        let limiter = SessionLimiter::new(2);
+        let ana = UserId::parse("ana").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let a1 = limiter.acquire(&ana).unwrap();
+        let _a2 = limiter.acquire(&ana).unwrap();
+        assert!(limiter.acquire(&ana).is_none());
+        assert!(limiter.acquire(&bob).is_some());
+        drop(a1);
+        assert!(limiter.acquire(&ana).is_some());
+    }
+}

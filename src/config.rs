@@ -1,0 +1,266 @@
+//! Settings: the embedded `config/default.toml`, then an optional file, then `BELAY__*`
+//! environment variables, each layer overriding the one before.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults, compiled in so the binary runs from any folder.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub sse: SseSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub body_limit_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub dev_tokens: bool,
+    pub jwt_secret: SecretString,
+    pub api_key: SecretString,
+    pub dev_secrets_file: PathBuf,
+    pub dev_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SseSettings {
+    pub heartbeat_secs: u64,
+    pub retry_ms: u64,
+    pub queue_capacity: usize,
+    pub max_sessions_per_user: usize,
+    pub replay_page: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub max_batch: usize,
+    pub max_read_ids: usize,
+    pub max_page: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: String,
+}
+
+impl Settings {
+    /// Reads the layers from the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        Self::load_with_env(file, None)
+    }
+
+    /// Reads the layers, taking environment variables from `env` when given (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> anyhow::Result<Settings> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        let environment = Environment::with_prefix("BELAY")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let settings: Settings = builder
+            .add_source(environment)
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.sse.queue_capacity >= 4,
+            "sse.queue_capacity must be at least 4"
+        );
+        anyhow::ensure!(
+            self.sse.heartbeat_secs >= 1,
+            "sse.heartbeat_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sse.replay_page >= 1,
+            "sse.replay_page must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sse.max_sessions_per_user >= 1,
+            "sse.max_sessions_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_batch >= 1,
+            "limits.max_batch must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_page >= 1,
+            "limits.max_page must be at least 1"
+        );
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.sse.heartbeat_secs)
+    }
+}
+
+/// Secrets in force after the dev fallback: never empty.
+#[derive(Clone)]
+pub struct Secrets {
+    pub jwt_secret: SecretString,
+    pub api_key: SecretString,
+}
+
+impl AuthSettings {
+    /// Uses the configured secrets; when one is empty and dev tokens are on, generates it once and
+    /// keeps it in `dev_secrets_file` so tokens survive a restart. Without dev tokens an empty
+    /// secret is a startup error.
+    pub fn resolve_secrets(&self) -> anyhow::Result<Secrets> {
+        let jwt = self.jwt_secret.expose_secret();
+        let key = self.api_key.expose_secret();
+        if !jwt.is_empty() && !key.is_empty() {
+            return Ok(Secrets {
+                jwt_secret: self.jwt_secret.clone(),
+                api_key: self.api_key.clone(),
+            });
+        }
+        anyhow::ensure!(
+            self.dev_tokens,
+            "auth.jwt_secret and auth.api_key must be set (BELAY__AUTH__JWT_SECRET, BELAY__AUTH__API_KEY) when auth.dev_tokens is off"
+        );
+        let stored = load_or_create_dev_secrets(&self.dev_secrets_file)?;
+        let pick = |configured: &str, generated: String| {
+            SecretString::from(if configured.is_empty() {
+                generated
+            } else {
+                configured.to_owned()
+            })
+        };
+        Ok(Secrets {
+            jwt_secret: pick(jwt, stored.jwt_secret),
+            api_key: pick(key, stored.api_key),
+        })
+    }
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct DevSecrets {
+    jwt_secret: String,
+    api_key: String,
+}
+
+fn load_or_create_dev_secrets(path: &Path) -> anyhow::Result<DevSecrets> {
+    if let Ok(raw) = std::fs::read_to_string(path) {
+        return serde_json::from_str(&raw)
+            .with_context(|| format!("reading dev secrets from {}", path.display()));
+    }
+    let secrets = DevSecrets {
+        jwt_secret: random_token(),
+        api_key: random_token(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&secrets)?)
+        .with_context(|| format!("writing dev secrets to {}", path.display()))?;
+    tracing::warn!(file = %path.display(), "generated development secrets");
+    Ok(secrets)
+}
+
+/// 244 random bits, hex encoded.
+fn random_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_the_single_node_setup() {
+        let s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert_eq!(s.server.port, 8080);
+        assert!(s.database.url.starts_with("sqlite://data/"));
+        assert!(s.auth.dev_tokens);
+        assert_eq!(s.sse.max_sessions_per_user, 8);
+    }
+
+    #[test]
+    fn environment_variables_override_any_key() {
+        let env = HashMap::from([
+            ("BELAY__SERVER__PORT".to_owned(), "9000".to_owned()),
+            (
+                "BELAY__DATABASE__URL".to_owned(),
+                "sqlite://elsewhere.db".to_owned(),
+            ),
+            ("BELAY__AUTH__API_KEY".to_owned(), "k-123".to_owned()),
+            ("BELAY__AUTH__JWT_SECRET".to_owned(), "12345".to_owned()),
+            ("BELAY__SSE__HEARTBEAT_SECS".to_owned(), "5".to_owned()),
+        ]);
+        let s = Settings::load_with_env(None, Some(env)).unwrap();
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.database.url, "sqlite://elsewhere.db");
+        assert_eq!(s.auth.api_key.expose_secret(), "k-123");
+        assert_eq!(s.auth.jwt_secret.expose_secret(), "12345");
+        assert_eq!(s.sse.heartbeat_secs, 5);
+    }
+
+    #[test]
+    fn production_example_refuses_to_start_without_secrets() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.toml");
+        let s = Settings::load_with_env(Some(&path), Some(HashMap::new())).unwrap();
+        assert!(!s.auth.dev_tokens);
+        assert!(s.auth.resolve_secrets().is_err());
+    }
+
+    #[test]
+    fn dev_secrets_are_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
+        s.auth.dev_secrets_file = dir.path().join("sub/dev.json");
+        let first = s.auth.resolve_secrets().unwrap();
+        let second = s.auth.resolve_secrets().unwrap();
+        assert_eq!(
+            first.jwt_secret.expose_secret(),
+            second.jwt_secret.expose_secret()
+        );
+        assert_ne!(
+            first.jwt_secret.expose_secret(),
+            first.api_key.expose_secret()
+        );
+        assert!(!first.api_key.expose_secret().is_empty());
+    }
+}

@@ -1,0 +1,159 @@
+//! Validated identifiers: parsed once at the edge so the core never re-checks them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted user, post or route id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Characters allowed in ids: enough for usernames, e-mails and UUIDs, nothing that needs escaping.
+fn valid_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':')
+}
+
+fn check_id(what: &str, raw: &str) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if raw.len() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} bytes"));
+    }
+    if !raw.chars().all(valid_id_char) {
+        return Err(format!(
+            "{what} may only contain letters, digits and _ - . @ :"
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts 1 to [`MAX_ID_LEN`] bytes of `[A-Za-z0-9_.@:-]`.
+            pub fn parse(raw: impl Into<String>) -> Result<Self, String> {
+                let raw = raw.into();
+                check_id($what, &raw)?;
+                Ok(Self(raw))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A climber, as named by the host app (the JWT `sub`).
+    UserId,
+    "user id"
+);
+id_type!(
+    /// A post of the host app.
+    PostId,
+    "post id"
+);
+id_type!(
+    /// A climbing route.
+    RouteId,
+    "route id"
+);
+id_type!(
+    /// A host-chosen key that makes a retried notify request create nothing new.
+    IdempotencyKey,
+    "idempotency key"
+);
+
+/// Position of an event in one user's stream; the SSE `id`. Starts at 1 and only grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub i64);
+
+impl Cursor {
+    /// The position before the first event.
+    pub const ZERO: Cursor = Cursor(0);
+
+    /// Parses a `Last-Event-ID` / `after` value: a non-negative decimal integer.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim();
+        match trimmed.parse::<i64>() {
+            Ok(n) if n >= 0 && trimmed.len() <= 19 => Ok(Cursor(n)),
+            _ => Err(format!(
+                "cursor must be a non-negative integer, got {:?}",
+                truncate(raw, 32)
+            )),
+        }
+    }
+
+    pub fn next(self) -> Cursor {
+        Cursor(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Cuts user input for inclusion in an error message.
+pub fn truncate(raw: &str, max: usize) -> &str {
+    match raw.char_indices().nth(max) {
+        Some((i, _)) => &raw[..i],
+        None => raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_accept_names_emails_and_uuids() {
+        for ok in [
+            "ana",
+            "ana.b@gym.example",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "a:b",
+        ] {
+            assert!(UserId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn user_ids_reject_empty_long_and_odd_characters() {
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a".repeat(MAX_ID_LEN + 1)).is_err());
+        for bad in ["a b", "a/b", "é", "a\nb", "<script>"] {
+            assert!(UserId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_are_non_negative_integers() {
+        assert_eq!(Cursor::parse("42"), Ok(Cursor(42)));
+        assert_eq!(Cursor::parse("0"), Ok(Cursor::ZERO));
+        for bad in ["-1", "abc", "", "1.5", "99999999999999999999"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! One error type for the HTTP surface: a kind that picks the status and the `error` field,
+//! a message for the client, and for server faults a cause that is logged, never shown.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidJson,
+    InvalidRequest,
+    InvalidCursor,
+    UnknownKind,
+    KindNotAllowed,
+    InvalidData,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    TooManySessions,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidCursor => "invalid_cursor",
+            ErrorKind::UnknownKind => "unknown_kind",
+            ErrorKind::KindNotAllowed => "kind_not_allowed",
+            ErrorKind::InvalidData => "invalid_data",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::TooManySessions => "too_many_sessions",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::InvalidCursor
+            | ErrorKind::UnknownKind
+            | ErrorKind::KindNotAllowed
+            | ErrorKind::InvalidData => StatusCode::BAD_REQUEST,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    cause: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthorized, message)
+    }
+
+    /// A server fault: the client sees a generic message, the cause goes to the log.
+    pub fn internal(cause: anyhow::Error) -> Self {
+        ApiError {
+            kind: ErrorKind::Internal,
+            message: "internal error".into(),
+            cause: Some(cause),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(cause: anyhow::Error) -> Self {
+        ApiError::internal(cause)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Some(cause) = &self.cause {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if self.kind == ErrorKind::Unauthorized {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.kind.as_str(),
+            message: &self.message,
+        })
+    }
+}
+
+/// Maps actix's body and query extractor failures onto JSON errors.
+pub mod extractors {
+    use actix_web::HttpRequest;
+    use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+
+    use super::{ApiError, ErrorKind};
+
+    pub fn json(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        let api = match &err {
+            JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("body of {length} bytes is larger than the limit of {limit} bytes"),
+            ),
+            JsonPayloadError::Overflow { limit } => ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("body is larger than the limit of {limit} bytes"),
+            ),
+            JsonPayloadError::ContentType => ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                "expected Content-Type: application/json",
+            ),
+            JsonPayloadError::Deserialize(e) if e.is_data() => {
+                ApiError::new(ErrorKind::InvalidRequest, e.to_string())
+            }
+            JsonPayloadError::Deserialize(e) => {
+                ApiError::new(ErrorKind::InvalidJson, format!("malformed JSON: {e}"))
+            }
+            other => ApiError::new(ErrorKind::InvalidJson, other.to_string()),
+        };
+        api.into()
+    }
+
+    pub fn query(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("bad query string: {err}"),
+        )
+        .into()
+    }
+
+    pub fn path(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+        ApiError::new(ErrorKind::NotFound, format!("bad path: {err}")).into()
+    }
+}

@@ -1,0 +1,94 @@
+//! The HTTP surface: one file per resource, wired here. Paths and field names are the contract
+//! documented in the README.
+
+pub mod auth;
+pub mod dev;
+pub mod events;
+pub mod health;
+pub mod host;
+pub mod notifications;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{HttpResponse, Route, web};
+
+use crate::actors::{Hub, Registry, SessionLimiter};
+use crate::config::{Secrets, Settings};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
+use crate::notifier::Notifier;
+use crate::sse::StaticFrames;
+use crate::store::Store;
+
+/// Shared by every worker.
+pub struct AppState {
+    pub settings: Settings,
+    pub secrets: Secrets,
+    pub store: Arc<dyn Store>,
+    pub notifier: Notifier,
+    pub auth: auth::Authenticator,
+    pub limiter: SessionLimiter,
+    pub metrics: Arc<Metrics>,
+    pub frames: StaticFrames,
+}
+
+/// One per worker thread: the registry its sessions join and the hub that serves it.
+pub struct WorkerHub {
+    pub registry: Rc<RefCell<Registry>>,
+    pub hub: Addr<Hub>,
+}
+
+const DEMO_PAGE: &str = include_str!("../../static/index.html");
+
+async fn demo_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DEMO_PAGE)
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ErrorKind::NotFound, "no such endpoint"))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    ))
+}
+
+/// A path served by one route; other methods get a JSON 405.
+fn resource(path: &str, route: Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
+    let mut v1 = web::scope("/v1")
+        .service(resource("/events", web::get().to(events::stream)))
+        .service(resource(
+            "/notifications",
+            web::get().to(notifications::list),
+        ))
+        .service(resource(
+            "/notifications/read",
+            web::post().to(notifications::mark_read),
+        ))
+        .service(resource("/notify", web::post().to(host::notify)))
+        .service(resource("/broadcast", web::post().to(host::broadcast)));
+    if dev_tokens {
+        v1 = v1
+            .service(resource("/dev/token", web::post().to(dev::token)))
+            .service(resource("/dev/config", web::get().to(dev::config)));
+    }
+    cfg.service(resource("/", web::get().to(demo_page)))
+        .service(resource("/healthz", web::get().to(health::healthz)))
+        .service(resource("/readyz", web::get().to(health::readyz)))
+        .service(resource("/metrics", web::get().to(health::metrics)))
+        .service(v1)
+        .default_service(web::to(not_found));
+}

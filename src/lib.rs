@@ -1,0 +1,26 @@
+//! # Belay
+//!
+//! A real-time matchmaking and notification engine for a climbing app.
+//!
+//! ## Layout
+//! - [`startup`]: builds the HTTP server, one `Hub` per worker, the store; used by `main` and tests.
+//! - [`config`]: layered settings (`config/default.toml`, a file, `BELAY__*` variables).
+//! - [`http`]: one module per resource of the HTTP surface, and authentication.
+//! - [`notifier`]: store first, then publish; the one way events enter the engine.
+//! - [`actors`]: `Hub` (per-worker session registry, fan-out) and `SessionActor` (one per stream).
+//! - [`sse`]: frames encoded once, the bounded per-session outbox, the response body.
+//! - [`store`]: the `Store` trait and its backends (SQLite).
+//! - [`domain`]: validated ids and the event catalogue.
+//! - [`error`], [`metrics`], [`telemetry`]: the JSON error type, counters, logging.
+
+pub mod actors;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod notifier;
+pub mod sse;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

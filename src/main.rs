@@ -1,0 +1,41 @@
+//! `belay [--config FILE]`: serves the API, the SSE streams and the demo page.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use belay::config::Settings;
+use belay::startup::Application;
+
+const USAGE: &str = "usage: belay [--config FILE]\n\
+    Settings: config/default.toml (built in), then FILE (or $BELAY_CONFIG), then BELAY__SECTION__KEY variables.";
+
+fn config_file() -> anyhow::Result<Option<PathBuf>> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => Ok(std::env::var_os("BELAY_CONFIG").map(PathBuf::from)),
+        (Some("--config"), Some(path)) if args.next().is_none() => Ok(Some(PathBuf::from(path))),
+        (Some("-h" | "--help"), _) => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        _ => anyhow::bail!("{USAGE}"),
+    }
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load(config_file()?.as_deref())?;
+    belay::telemetry::init(&settings.log.format);
+    let app = Application::build(settings.clone())
+        .await
+        .context("starting Belay")?;
+    tracing::info!(
+        address = %format!("http://{}:{}", settings.server.host, app.port()),
+        database = %settings.database.url,
+        dev_tokens = settings.auth.dev_tokens,
+        "Belay is listening"
+    );
+    app.run_until_stopped().await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}

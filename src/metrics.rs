@@ -1,0 +1,90 @@
+//! Process counters, exposed at `GET /metrics` in the Prometheus text format. Hot paths add
+//! once per event or per fan-out, never once per frame.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_open: AtomicI64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_rejected: AtomicU64,
+    pub sessions_closed_slow: AtomicU64,
+    pub catch_ups: AtomicU64,
+    pub events_created: AtomicU64,
+    pub events_collapsed: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub frames_queued: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "belay_sessions_opened_total",
+                "SSE sessions opened",
+                &self.sessions_opened,
+            ),
+            (
+                "belay_sessions_rejected_total",
+                "SSE sessions refused by the per-user cap",
+                &self.sessions_rejected,
+            ),
+            (
+                "belay_sessions_closed_slow_total",
+                "SSE sessions closed because their queue was full",
+                &self.sessions_closed_slow,
+            ),
+            (
+                "belay_catch_ups_total",
+                "Store reads by sessions that resumed or saw a gap",
+                &self.catch_ups,
+            ),
+            (
+                "belay_events_created_total",
+                "Notifications created",
+                &self.events_created,
+            ),
+            (
+                "belay_events_collapsed_total",
+                "Notifications folded into an unread one",
+                &self.events_collapsed,
+            ),
+            (
+                "belay_events_duplicate_total",
+                "Notify items answered from an idempotency key",
+                &self.events_duplicate,
+            ),
+            (
+                "belay_broadcasts_total",
+                "Broadcasts sent",
+                &self.broadcasts,
+            ),
+            (
+                "belay_frames_queued_total",
+                "Frames queued to sessions",
+                &self.frames_queued,
+            ),
+        ];
+        let mut out = String::new();
+        let open = self.sessions_open.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP belay_sessions_open SSE sessions open on this node"
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE belay_sessions_open gauge\nbelay_sessions_open {open}"
+        );
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}

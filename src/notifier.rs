@@ -1,0 +1,89 @@
+//! `Notifier`: the one way events enter the engine. User-targeted events are written to the
+//! store first and published only after the commit; broadcasts and read-state updates are
+//! published directly. Frames are encoded here, once per event.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::actors::{Delivery, HubSet, Target};
+use crate::domain::{Broadcast, Event, UnreadSummary, UserId};
+use crate::metrics::Metrics;
+use crate::sse::frame;
+use crate::store::{AppendOutcome, Appended, NewEvent, Store};
+
+#[derive(Clone)]
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    hubs: Arc<HubSet>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    pub fn new(store: Arc<dyn Store>, hubs: Arc<HubSet>, metrics: Arc<Metrics>) -> Self {
+        Notifier {
+            store,
+            hubs,
+            metrics,
+        }
+    }
+
+    /// Stores a batch (all or nothing), then publishes what changed a user's stream.
+    pub async fn notify(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
+        let appended = self.store.append(batch).await?;
+        for item in &appended {
+            let counter = match item.outcome {
+                AppendOutcome::Created => &self.metrics.events_created,
+                AppendOutcome::Collapsed => &self.metrics.events_collapsed,
+                AppendOutcome::Duplicate => &self.metrics.events_duplicate,
+            };
+            Metrics::add(counter, 1);
+            if !item.outcome.is_new() {
+                continue;
+            }
+            // Stored already: a failed encode must not fail the request; sessions that miss
+            // the frame see the gap at the next event, and resumes read the store.
+            match frame::user_event(&item.notification) {
+                Ok(bytes) => self.hubs.publish(Delivery {
+                    target: Target::User {
+                        user: item.user.clone(),
+                        cursor: Some(item.notification.cursor),
+                    },
+                    frame: bytes,
+                }),
+                Err(error) => tracing::error!(error = ?error, "encoding a stored event"),
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Sends an event to every connected user. Not stored: it has no cursor.
+    pub fn broadcast(&self, event: Event) -> anyhow::Result<()> {
+        let bytes = frame::broadcast(&Broadcast {
+            event,
+            sent_at: Utc::now(),
+        })?;
+        Metrics::add(&self.metrics.broadcasts, 1);
+        self.hubs.publish(Delivery {
+            target: Target::All,
+            frame: bytes,
+        });
+        Ok(())
+    }
+
+    /// Tells a user's open sessions their new unread count (after a read elsewhere).
+    pub fn unread_changed(&self, user: &UserId, count: u64) -> anyhow::Result<()> {
+        let bytes = frame::unread(&UnreadSummary {
+            count,
+            latest: None,
+        })?;
+        self.hubs.publish(Delivery {
+            target: Target::User {
+                user: user.clone(),
+                cursor: None,
+            },
+            frame: bytes,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! SSE frames, encoded once per event by actix-web-lab's `sse` writer and then shared: every
+//! session that receives an event gets a clone of the same bytes.
+
+use std::time::Duration;
+
+use actix_web::body::{self, MessageBody};
+use actix_web_lab::sse::{self, Sse};
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use serde::Serialize;
+
+use crate::domain::{Broadcast, Event, Notification, UnreadSummary};
+
+/// Runs actix-web-lab's encoder over a finished body; it is ready at once (no I/O, no timers).
+fn collect<B: MessageBody>(body: B) -> anyhow::Result<Bytes> {
+    match body::to_bytes(body).now_or_never() {
+        Some(Ok(bytes)) => Ok(bytes),
+        Some(Err(e)) => Err(anyhow::anyhow!("encoding an SSE frame: {}", e.into())),
+        None => Err(anyhow::anyhow!("SSE encoder was not ready")),
+    }
+}
+
+fn encode(event: sse::Event) -> anyhow::Result<Bytes> {
+    collect(Sse::from_infallible_stream(futures_util::stream::iter([
+        event,
+    ])))
+}
+
+fn data<T: Serialize>(kind: &str, payload: &T) -> anyhow::Result<sse::Data> {
+    Ok(sse::Data::new_json(payload)?.event(kind.to_owned()))
+}
+
+/// A user event: `id: <cursor>`, `event: <kind>`, `data: <notification JSON>`.
+pub fn user_event(n: &Notification) -> anyhow::Result<Bytes> {
+    encode(sse::Event::Data(
+        data(n.event.kind().as_str(), n)?.id(n.cursor.to_string()),
+    ))
+}
+
+/// A broadcast: no `id`, so it leaves the client's resume cursor alone.
+pub fn broadcast(b: &Broadcast) -> anyhow::Result<Bytes> {
+    encode(sse::Event::Data(data(b.event.kind().as_str(), b)?))
+}
+
+/// The `unread` summary: no `id`, it is a snapshot rather than a stored event.
+pub fn unread(summary: &UnreadSummary) -> anyhow::Result<Bytes> {
+    let kind = Event::Unread(summary.clone()).kind();
+    encode(sse::Event::Data(data(kind.as_str(), summary)?))
+}
+
+/// Frames that are the same for every session, encoded at startup.
+#[derive(Clone)]
+pub struct StaticFrames {
+    /// `retry:` hint, the first frame of every stream.
+    pub retry: Bytes,
+    /// Comment frame sent on the shared heartbeat tick.
+    pub heartbeat: Bytes,
+}
+
+impl StaticFrames {
+    pub fn new(retry: Duration) -> anyhow::Result<Self> {
+        let empty = futures_util::stream::empty::<sse::Event>();
+        Ok(StaticFrames {
+            retry: collect(Sse::from_infallible_stream(empty).with_retry_duration(retry))?,
+            heartbeat: encode(sse::Event::Comment("heartbeat".into()))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{Cursor, PostId, PostLiked, UserId};
+
+    #[test]
+    fn user_frames_carry_cursor_kind_and_json() {
+        let n = Notification {
+            id: Uuid::nil(),
+            cursor: Cursor(42),
+            event: Event::PostLiked(PostLiked::new(
+                PostId::parse("p1").unwrap(),
+                UserId::parse("ana").unwrap(),
+            )),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            read: false,
+        };
+        let frame = String::from_utf8(user_event(&n).unwrap().to_vec()).unwrap();
+        let lines: Vec<&str> = frame.split('\n').collect();
+        assert!(lines.contains(&"id: 42"), "{frame}");
+        assert!(lines.contains(&"event: post_liked"), "{frame}");
+        let data = lines.iter().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let parsed: Notification = serde_json::from_str(data).unwrap();
+        assert_eq!(parsed, n);
+        assert!(frame.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn static_frames_are_retry_and_comment() {
+        let f = StaticFrames::new(Duration::from_millis(2500)).unwrap();
+        assert_eq!(&f.retry[..], b"retry: 2500\n\n");
+        assert!(f.heartbeat.starts_with(b": "));
+        assert!(f.heartbeat.ends_with(b"\n\n"));
+    }
+
+    #[test]
+    fn unread_frames_have_no_id() {
+        let frame = unread(&UnreadSummary {
+            count: 3,
+            latest: None,
+        })
+        .unwrap();
+        let text = String::from_utf8(frame.to_vec()).unwrap();
+        assert!(!text.contains("id:"), "{text}");
+        assert!(text.contains("event: unread\n"), "{text}");
+        assert!(text.contains(r#"data: {"count":3}"#), "{text}");
+    }
+}

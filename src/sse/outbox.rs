@@ -1,0 +1,416 @@
+//! A session's bounded outbound queue and the ordering rules of its stream.
+//!
+//! User events carry gapless per-user cursors, so the outbox can tell a duplicate (cursor already
+//! sent) from a gap (an event still in flight or published by another thread). On a gap it holds
+//! live frames and asks its session to catch up from the store; the session replays what is
+//! missing and then releases the held frames. The same path serves `Last-Event-ID` resumes: a new
+//! session starts out catching up. Single-threaded by design: it lives on its worker's thread.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use crate::domain::Cursor;
+
+/// What happened to a frame offered to the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Held until the running catch-up ends.
+    Held,
+    /// Already sent (its cursor is not above the last one).
+    Skipped,
+    /// A gap: the frame is held and the session must catch up from the store.
+    NeedsCatchUp,
+    /// The queue is full: the client is too slow and the session must close.
+    Full,
+    Closed,
+}
+
+/// Outcome of releasing held frames after a catch-up read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The stream is live again.
+    Live,
+    /// A held frame is still ahead of the store read: read again.
+    ReadAgain,
+    Full,
+}
+
+#[derive(Debug)]
+enum Held {
+    User(Cursor, Bytes),
+    Other(Bytes),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Ends after the queued frames are written (graceful shutdown).
+    Draining,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    frames: VecDeque<Bytes>,
+    capacity: usize,
+    held: Vec<Held>,
+    catching_up: bool,
+    /// Cursor of the last user event queued (or known to the client).
+    last: Cursor,
+    state: State,
+    /// The response body, waiting for a frame.
+    reader: Option<Waker>,
+    /// A catch-up, waiting for room.
+    writer: Option<Waker>,
+}
+
+impl Outbox {
+    /// A new session's outbox: `first` (the retry hint) queued, catching up until the session
+    /// has read its starting point from the store.
+    pub fn new(capacity: usize, first: Bytes) -> Self {
+        let mut frames = VecDeque::new();
+        frames.push_back(first);
+        Outbox {
+            frames,
+            capacity,
+            held: Vec::new(),
+            catching_up: true,
+            last: Cursor::ZERO,
+            state: State::Open,
+            reader: None,
+            writer: None,
+        }
+    }
+
+    pub fn last(&self) -> Cursor {
+        self.last
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state != State::Open
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    pub fn queued(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Free slots in the queue.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.frames.len())
+    }
+
+    fn enqueue(&mut self, frame: Bytes) -> Offer {
+        if self.frames.len() >= self.capacity {
+            return Offer::Full;
+        }
+        self.frames.push_back(frame);
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        Offer::Queued
+    }
+
+    fn hold(&mut self, held: Held) -> Offer {
+        if self.held.len() >= self.capacity {
+            return Offer::Full;
+        }
+        self.held.push(held);
+        Offer::Held
+    }
+
+    /// A live user event with its cursor.
+    pub fn offer_user(&mut self, cursor: Cursor, frame: Bytes) -> Offer {
+        if self.is_closed() {
+            return Offer::Closed;
+        }
+        if self.catching_up {
+            return self.hold(Held::User(cursor, frame));
+        }
+        if cursor <= self.last {
+            return Offer::Skipped;
+        }
+        if cursor > self.last.next() {
+            self.catching_up = true;
+            return match self.hold(Held::User(cursor, frame)) {
+                Offer::Held => Offer::NeedsCatchUp,
+                other => other,
+            };
+        }
+        let offer = self.enqueue(frame);
+        if offer == Offer::Queued {
+            self.last = cursor;
+        }
+        offer
+    }
+
+    /// A frame without a cursor (broadcast, unread summary): kept in arrival order.
+    pub fn offer(&mut self, frame: Bytes) -> Offer {
+        if self.is_closed() {
+            return Offer::Closed;
+        }
+        if self.catching_up {
+            return self.hold(Held::Other(frame));
+        }
+        self.enqueue(frame)
+    }
+
+    /// A heartbeat: dropped when the queue already has something to write.
+    pub fn offer_heartbeat(&mut self, frame: &Bytes) {
+        if !self.is_closed() && self.frames.is_empty() {
+            self.enqueue(frame.clone());
+        }
+    }
+
+    /// During a catch-up: a frame the session writes ahead of everything held (the unread
+    /// summary on connect).
+    pub fn push_direct(&mut self, frame: Bytes) -> Offer {
+        if self.is_closed() {
+            return Offer::Closed;
+        }
+        self.enqueue(frame)
+    }
+
+    /// During a catch-up: where the client stands, before any replay.
+    pub fn start_from(&mut self, cursor: Cursor) {
+        self.last = cursor;
+    }
+
+    /// During a catch-up: an event read from the store. Older cursors are skipped.
+    pub fn push_replayed(&mut self, cursor: Cursor, frame: Bytes) -> Offer {
+        if self.is_closed() {
+            return Offer::Closed;
+        }
+        if cursor <= self.last {
+            return Offer::Skipped;
+        }
+        let offer = self.enqueue(frame);
+        if offer == Offer::Queued {
+            self.last = cursor;
+        }
+        offer
+    }
+
+    /// After a catch-up read that reached the end of the store: releases held frames in order.
+    /// Stops at a held user event that is still ahead of `last + 1`, which means it was committed
+    /// after the read, so another read will find what lies between.
+    pub fn release_held(&mut self) -> Release {
+        let held = std::mem::take(&mut self.held);
+        let mut rest = held.into_iter();
+        while let Some(item) = rest.next() {
+            let offer = match item {
+                Held::Other(frame) => self.enqueue(frame),
+                Held::User(cursor, _) if cursor <= self.last => Offer::Skipped,
+                Held::User(cursor, frame) if cursor == self.last.next() => {
+                    let offer = self.enqueue(frame);
+                    if offer == Offer::Queued {
+                        self.last = cursor;
+                    }
+                    offer
+                }
+                Held::User(cursor, frame) => {
+                    self.held.push(Held::User(cursor, frame));
+                    self.held.extend(rest);
+                    return Release::ReadAgain;
+                }
+            };
+            if offer == Offer::Full {
+                return Release::Full;
+            }
+        }
+        self.catching_up = false;
+        Release::Live
+    }
+
+    /// Closes at once and frees the queue: the client resumes with its last received id.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.frames = VecDeque::new();
+        self.held = Vec::new();
+        self.wake_all();
+    }
+
+    /// Ends the stream once the queued frames are written.
+    pub fn drain_and_close(&mut self) {
+        if self.state == State::Open {
+            self.state = State::Draining;
+            self.held = Vec::new();
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// The response body asks for the next frame; `None` ends the stream.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(frame) = self.frames.pop_front() {
+            if self.frames.len() <= self.capacity / 2 {
+                if let Some(w) = self.writer.take() {
+                    w.wake();
+                }
+            }
+            return Poll::Ready(Some(frame));
+        }
+        if self.state != State::Open {
+            return Poll::Ready(None);
+        }
+        self.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// A catch-up asks for room: ready when at most half the queue is used, or when closed.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_closed() || self.frames.len() <= self.capacity / 2 {
+            return Poll::Ready(());
+        }
+        self.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn frame(s: &str) -> Bytes {
+        Bytes::from(s.to_owned())
+    }
+
+    fn drain(outbox: &mut Outbox) -> Vec<String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(f)) = outbox.poll_frame(&mut cx) {
+            out.push(String::from_utf8(f.to_vec()).unwrap());
+        }
+        out
+    }
+
+    fn live(capacity: usize, last: i64) -> Outbox {
+        let mut o = Outbox::new(capacity, frame("retry"));
+        o.start_from(Cursor(last));
+        assert_eq!(o.release_held(), Release::Live);
+        drain(&mut o);
+        o
+    }
+
+    #[test]
+    fn live_events_in_order_are_queued_and_duplicates_skipped() {
+        let mut o = live(8, 0);
+        assert_eq!(o.offer_user(Cursor(1), frame("1")), Offer::Queued);
+        assert_eq!(o.offer_user(Cursor(2), frame("2")), Offer::Queued);
+        assert_eq!(o.offer_user(Cursor(2), frame("2 again")), Offer::Skipped);
+        assert_eq!(o.offer_user(Cursor(1), frame("1 again")), Offer::Skipped);
+        assert_eq!(drain(&mut o), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_gap_holds_frames_until_the_store_fills_it() {
+        let mut o = live(8, 1);
+        assert_eq!(o.offer_user(Cursor(3), frame("3")), Offer::NeedsCatchUp);
+        assert_eq!(o.offer_user(Cursor(2), frame("2 live")), Offer::Held);
+        assert!(drain(&mut o).is_empty());
+        // The catch-up read returns 2 and 3 from the store.
+        assert_eq!(o.push_replayed(Cursor(2), frame("2")), Offer::Queued);
+        assert_eq!(o.push_replayed(Cursor(3), frame("3")), Offer::Queued);
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["2", "3"]);
+        assert_eq!(o.offer_user(Cursor(4), frame("4")), Offer::Queued);
+    }
+
+    #[test]
+    fn a_held_event_beyond_the_read_asks_for_another_read() {
+        let mut o = Outbox::new(8, frame("retry"));
+        o.start_from(Cursor(0));
+        assert_eq!(o.offer_user(Cursor(3), frame("3")), Offer::Held);
+        o.push_replayed(Cursor(1), frame("1"));
+        assert_eq!(o.release_held(), Release::ReadAgain);
+        assert!(o.is_catching_up());
+        o.push_replayed(Cursor(2), frame("2"));
+        o.push_replayed(Cursor(3), frame("3 stored"));
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["retry", "1", "2", "3 stored"]);
+    }
+
+    #[test]
+    fn frames_without_cursor_keep_their_place_after_a_catch_up() {
+        let mut o = Outbox::new(8, frame("retry"));
+        assert_eq!(o.push_direct(frame("unread")), Offer::Queued);
+        assert_eq!(o.offer(frame("broadcast")), Offer::Held);
+        o.start_from(Cursor(5));
+        o.push_replayed(Cursor(6), frame("6"));
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["retry", "unread", "6", "broadcast"]);
+    }
+
+    #[test]
+    fn a_full_queue_reports_full_and_close_frees_it() {
+        let mut o = live(4, 0);
+        for i in 1..=4 {
+            assert_eq!(o.offer_user(Cursor(i), frame("x")), Offer::Queued);
+        }
+        assert_eq!(o.offer_user(Cursor(5), frame("x")), Offer::Full);
+        assert_eq!(o.offer(frame("b")), Offer::Full);
+        o.close();
+        assert_eq!(o.queued(), 0);
+        assert_eq!(o.offer_user(Cursor(5), frame("x")), Offer::Closed);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_frame(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn held_frames_are_bounded_too() {
+        let mut o = Outbox::new(4, frame("retry"));
+        for i in 1..=4 {
+            assert_eq!(o.offer_user(Cursor(i), frame("x")), Offer::Held);
+        }
+        assert_eq!(o.offer_user(Cursor(5), frame("x")), Offer::Full);
+    }
+
+    #[test]
+    fn draining_writes_what_is_queued_then_ends() {
+        let mut o = live(8, 0);
+        o.offer_user(Cursor(1), frame("1"));
+        o.drain_and_close();
+        assert_eq!(o.offer_user(Cursor(2), frame("2")), Offer::Closed);
+        assert_eq!(drain(&mut o), ["1"]);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_frame(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn heartbeats_only_fill_an_idle_queue() {
+        let mut o = live(4, 0);
+        let hb = frame(": hb");
+        o.offer_heartbeat(&hb);
+        o.offer_heartbeat(&hb);
+        assert_eq!(o.queued(), 1);
+    }
+
+    #[test]
+    fn room_opens_when_the_reader_has_taken_half() {
+        let mut o = live(4, 0);
+        for i in 1..=4 {
+            o.offer_user(Cursor(i), frame("x"));
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(o.poll_room(&mut cx), Poll::Pending);
+        let _ = o.poll_frame(&mut cx);
+        let _ = o.poll_frame(&mut cx);
+        assert_eq!(o.poll_room(&mut cx), Poll::Ready(()));
+    }
+}

@@ -1,0 +1,158 @@
+//! Builds the application from settings so that `main` and the tests start it the same way
+//! (tests bind port 0).
+
+use std::cell::RefCell;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use tracing_actix_web::TracingLogger;
+
+use crate::actors::{Hub, HubSet, Registry, SessionLimiter};
+use crate::config::Settings;
+use crate::error::extractors;
+use crate::http::{self, AppState, WorkerHub, auth::Authenticator};
+use crate::metrics::Metrics;
+use crate::notifier::Notifier;
+use crate::sse::StaticFrames;
+use crate::store;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: ShutdownHandle,
+}
+
+/// Stops the node gracefully: every stream ends after its queued frames (clients reconnect,
+/// elsewhere or later, with `Last-Event-ID`), then the server waits for open requests.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    hubs: Arc<HubSet>,
+}
+
+impl ShutdownHandle {
+    pub async fn shutdown(&self) {
+        self.hubs.drain_all();
+        self.server.stop(true).await;
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let secrets = settings.auth.resolve_secrets()?;
+        let store = store::connect(&settings.database.url, settings.database.max_connections)
+            .await
+            .context("opening the store")?;
+        let metrics = Arc::new(Metrics::default());
+        let hubs = Arc::new(HubSet::default());
+        let frames = StaticFrames::new(Duration::from_millis(settings.sse.retry_ms))?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
+        let port = listener.local_addr()?.port();
+
+        let state = web::Data::new(AppState {
+            auth: Authenticator::new(&secrets),
+            notifier: Notifier::new(store.clone(), hubs.clone(), metrics.clone()),
+            limiter: SessionLimiter::new(settings.sse.max_sessions_per_user),
+            secrets,
+            store,
+            metrics: metrics.clone(),
+            frames: frames.clone(),
+            settings: settings.clone(),
+        });
+        let body_limit = settings.server.body_limit_bytes;
+        let dev_tokens = settings.auth.dev_tokens;
+        let heartbeat = settings.heartbeat();
+        let worker_hubs = hubs.clone();
+
+        let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread: that worker's registry and hub.
+            let registry = Rc::new(RefCell::new(Registry::new(metrics.clone())));
+            let hub = Hub::new(registry.clone(), heartbeat, frames.heartbeat.clone()).start();
+            worker_hubs.add(hub.clone());
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(web::Data::new(WorkerHub { registry, hub }))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(body_limit)
+                        .error_handler(extractors::json),
+                )
+                .app_data(web::QueryConfig::default().error_handler(extractors::query))
+                .app_data(web::PathConfig::default().error_handler(extractors::path))
+                .configure(|cfg| http::routes(cfg, dev_tokens))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        // A client that hangs up ends its stream at once instead of at the next write.
+        .h1_allow_half_closed(false);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(listener)?.run();
+        let shutdown = ShutdownHandle {
+            server: server.handle(),
+            hubs,
+        };
+        Ok(Application {
+            port,
+            server,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.shutdown.clone();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; closing streams and stopping");
+            shutdown.shutdown().await;
+        });
+        self.run().await
+    }
+
+    /// Serves until stopped through a [`ShutdownHandle`].
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,106 @@
+//! The store: the truth for every user-targeted event. One interface, one implementation per
+//! backend; the engine only sees `Arc<dyn Store>`.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::domain::{Cursor, Event, IdempotencyKey, Notification, UserId};
+
+pub use sqlite::SqliteStore;
+
+/// An event the engine accepted for one user.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub user: UserId,
+    pub event: Event,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What `append` did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendOutcome {
+    /// A new notification at a new cursor.
+    Created,
+    /// Folded into an unread notification, which moved to a new cursor.
+    Collapsed,
+    /// The idempotency key was seen before; nothing was written.
+    Duplicate,
+}
+
+impl AppendOutcome {
+    /// Whether the event changed the user's stream and must be published.
+    pub fn is_new(self) -> bool {
+        !matches!(self, AppendOutcome::Duplicate)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub user: UserId,
+    pub notification: Notification,
+    pub outcome: AppendOutcome,
+}
+
+/// Which page of a user's notifications to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// Newest first, optionally below a cursor.
+    Newest { before: Option<Cursor> },
+    /// Oldest first, above a cursor.
+    After(Cursor),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery {
+    pub page: Page,
+    pub unread_only: bool,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReadSelector {
+    Ids(Vec<Uuid>),
+    UpTo(Cursor),
+    All,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch in one transaction: all of it or none. Cursors are assigned per user in
+    /// commit order, gapless.
+    async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>>;
+
+    /// Events of `user` with a cursor above `after`, oldest first (read or not).
+    async fn events_after(
+        &self,
+        user: &UserId,
+        after: Cursor,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Notification>>;
+
+    /// The last cursor handed out for `user` (0 before the first event).
+    async fn head(&self, user: &UserId) -> anyhow::Result<Cursor>;
+
+    async fn list(&self, user: &UserId, query: ListQuery) -> anyhow::Result<Vec<Notification>>;
+
+    async fn unread_count(&self, user: &UserId) -> anyhow::Result<u64>;
+
+    /// Marks notifications of `user` read; returns how many changed.
+    async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64>;
+
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// Opens the store named by a database URL and applies its migrations.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::connect(url, max_connections).await?));
+    }
+    anyhow::bail!("unsupported database url {url:?}: expected sqlite://PATH")
+}

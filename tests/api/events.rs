@@ -1,0 +1,421 @@
+//! The SSE stream: framing, fan-out to sessions, resume, slow clients, caps, shutdown.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{WAIT, assert_error, data, spawn_app, spawn_app_with};
+
+#[actix_web::test]
+async fn a_stream_opens_with_retry_and_unread_then_delivers_named_events() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+
+    let mut stream = app.open_stream(&token, None).await;
+    let headers = &stream.response_headers;
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+
+    let unread = stream.expect().await;
+    assert_eq!(unread.event, "unread");
+    assert_eq!(data(&unread)["count"], 0);
+
+    let stored = app.like("ana", "p1", "bob").await;
+    let event = stream.expect().await;
+    assert_eq!(event.event, "post_liked");
+    assert_eq!(event.id, "1");
+    let body = data(&event);
+    assert_eq!(body["id"], stored["id"]);
+    assert_eq!(body["cursor"], 1);
+    assert_eq!(body["kind"], "post_liked");
+    assert_eq!(body["data"]["text"], "bob liked your post");
+    assert_eq!(body["read"], false);
+}
+
+#[actix_web::test]
+async fn every_session_of_a_user_receives_the_event_and_no_other_user_does() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+    let mut tab1 = app.open_stream(&ana, None).await;
+    let mut tab2 = app.open_stream(&ana, None).await;
+    let mut phone = app.open_stream(&ana, None).await;
+    let mut other = app.open_stream(&bob, None).await;
+    for s in [&mut tab1, &mut tab2, &mut phone, &mut other] {
+        assert_eq!(s.expect().await.event, "unread");
+    }
+
+    app.like("ana", "p1", "cy").await;
+    app.like("bob", "p2", "cy").await;
+
+    for s in [&mut tab1, &mut tab2, &mut phone] {
+        let event = s.expect().await;
+        assert_eq!(data(&event)["data"]["post_id"], "p1");
+    }
+    let event = other.expect().await;
+    assert_eq!(
+        data(&event)["data"]["post_id"],
+        "p2",
+        "bob sees only his own event"
+    );
+    assert!(other.is_quiet_for(Duration::from_millis(200)).await);
+}
+
+#[actix_web::test]
+async fn resume_with_last_event_id_replays_missed_events_once_in_order() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let mut first = app.open_stream(&token, None).await;
+    first.expect().await;
+    for i in 1..=3 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    assert_eq!(first.expect_skipping("unread").await.id, "1");
+    assert_eq!(first.expect().await.id, "2");
+    drop(first);
+    for i in 4..=6 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+
+    let mut resumed = app.open_stream(&token, Some("2")).await;
+    assert_eq!(resumed.expect().await.event, "unread");
+    let mut got = Vec::new();
+    for _ in 3..=6 {
+        got.push(resumed.expect().await.id);
+    }
+    assert_eq!(got, ["3", "4", "5", "6"]);
+    app.like("ana", "p7", "bob").await;
+    assert_eq!(resumed.expect().await.id, "7", "then live events follow");
+    assert!(
+        resumed.is_quiet_for(Duration::from_millis(200)).await,
+        "and nothing twice"
+    );
+}
+
+#[actix_web::test]
+async fn resume_also_works_with_the_last_event_id_query_parameter() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=3 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    let request = app
+        .client
+        .get(app.url(&format!("/v1/events?last_event_id=1&access_token={token}")));
+    let mut stream = crate::helpers::SseClient::open(request).await;
+    assert_eq!(stream.expect().await.event, "unread");
+    assert_eq!(stream.expect().await.id, "2");
+    assert_eq!(stream.expect().await.id, "3");
+}
+
+/// Reconnects again and again while another task writes 1,000 events for the same user: the
+/// client ends up with every cursor exactly once, in order.
+#[actix_web::test]
+async fn resume_while_another_task_writes_1000_events_loses_and_repeats_nothing() {
+    const TOTAL: i64 = 1000;
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+
+    let writer = {
+        let client = app.client.clone();
+        let url = app.url("/v1/notify");
+        let key = app.api_key.clone();
+        actix_web::rt::spawn(async move {
+            // Four concurrent writers, so commits and publishes interleave across workers.
+            let tasks = (0..4).map(|w| {
+                let (client, url, key) = (client.clone(), url.clone(), key.clone());
+                async move {
+                    for i in 0..TOTAL / 4 {
+                        let body = json!({"user_id": "ana", "kind": "post_liked",
+                            "data": {"post_id": format!("w{w}-{i}"), "by": "bob"}});
+                        let r = client
+                            .post(&url)
+                            .header("X-Api-Key", &key)
+                            .json(&body)
+                            .send()
+                            .await;
+                        assert!(r.expect("notify").status().is_success());
+                    }
+                }
+            });
+            futures_util::future::join_all(tasks).await;
+        })
+    };
+
+    let mut received: Vec<i64> = Vec::new();
+    // "0" asks for everything from the start; without an id the stream would begin live.
+    let mut last = Some("0".to_owned());
+    let mut reconnects = 0;
+    while received.len() < TOTAL as usize {
+        let mut stream = app.open_stream(&token, last.as_deref()).await;
+        reconnects += 1;
+        // Read a varying number of events, then drop the connection mid-stream.
+        let take = 37 + reconnects * 13;
+        let mut read = 0;
+        while read < take && received.len() < TOTAL as usize {
+            let event = stream.expect().await;
+            if event.event == "unread" {
+                continue;
+            }
+            let cursor: i64 = event.id.parse().unwrap();
+            assert_eq!(data(&event)["cursor"], cursor);
+            received.push(cursor);
+            last = Some(event.id);
+            read += 1;
+        }
+    }
+    writer.await.unwrap();
+
+    let expected: Vec<i64> = (1..=TOTAL).collect();
+    assert_eq!(received, expected, "every event exactly once, in order");
+    assert!(reconnects > 5, "the test reconnected {reconnects} times");
+}
+
+#[actix_web::test]
+async fn a_cursor_ahead_of_the_store_restarts_at_the_head() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    app.like("ana", "p1", "bob").await;
+    let mut stream = app.open_stream(&token, Some("999")).await;
+    assert_eq!(stream.expect().await.event, "unread");
+    app.like("ana", "p2", "bob").await;
+    assert_eq!(stream.expect().await.id, "2");
+}
+
+#[actix_web::test]
+async fn the_unread_summary_lists_the_newest_unread_notifications() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=12 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    let mut stream = app.open_stream(&token, None).await;
+    let unread = data(&stream.expect().await);
+    assert_eq!(unread["count"], 12);
+    let latest = unread["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 10);
+    assert_eq!(latest[0]["cursor"], 12);
+    assert!(
+        stream.is_quiet_for(Duration::from_millis(200)).await,
+        "no replay without a cursor"
+    );
+}
+
+/// A client with a tiny receive buffer that sends its request and then reads nothing.
+async fn stalled_client(app: &crate::helpers::TestApp, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = app.address.trim_start_matches("http://").parse().unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    stream
+}
+
+/// Reads what the server wrote until the chunked body ends; returns the last `id:` seen.
+async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> i64 {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !seen.ends_with(b"\r\n0\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen)
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("id: ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn a_client_that_does_not_read_is_closed_while_a_fast_one_keeps_receiving() {
+    const BATCH: i64 = 10;
+    const MAX_BATCHES: i64 = 3000;
+    let app = spawn_app_with(|s| s.sse.queue_capacity = 16).await;
+    let token = app.token("ana").await;
+    let mut fast = app.open_stream(&token, None).await;
+    fast.expect().await;
+    let mut slow = stalled_client(&app, &token).await;
+    app.wait_metric("belay_sessions_open", 2).await;
+
+    // Socket buffers fill first, then the slow session's queue; the fast client reads it all.
+    let mut last = 0;
+    for b in 0..MAX_BATCHES {
+        let events: Vec<_> = (0..BATCH)
+            .map(|i| {
+                json!({"user_id": "ana", "kind": "post_liked",
+                "data": {"post_id": format!("post-{b}-{i}-{}", "x".repeat(40)), "by": "bob"}})
+            })
+            .collect();
+        assert_eq!(
+            app.notify(json!({ "events": events })).await.status(),
+            StatusCode::CREATED
+        );
+        for _ in 0..BATCH {
+            last += 1;
+            assert_eq!(
+                fast.expect().await.id,
+                last.to_string(),
+                "the fast client keeps up"
+            );
+        }
+        if app.metric("belay_sessions_closed_slow_total").await == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        app.metric("belay_sessions_closed_slow_total").await,
+        1,
+        "slow client closed"
+    );
+    app.wait_metric("belay_sessions_open", 1).await;
+
+    // The slow client's stream ends; it resumes from what it got and misses nothing.
+    let from = read_to_end_of_body(&mut slow).await;
+    assert!(
+        from < last,
+        "the slow client fell behind ({from} of {last})"
+    );
+    let mut resumed = app.open_stream(&token, Some(&from.to_string())).await;
+    resumed.expect().await;
+    for cursor in (from + 1)..=last {
+        assert_eq!(resumed.expect().await.id, cursor.to_string());
+    }
+}
+
+#[actix_web::test]
+async fn sessions_beyond_the_per_user_cap_get_429() {
+    let app = spawn_app_with(|s| s.sse.max_sessions_per_user = 2).await;
+    let token = app.token("ana").await;
+    let _a = app.open_stream(&token, None).await;
+    let _b = app.open_stream(&token, None).await;
+    let third = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(third, StatusCode::TOO_MANY_REQUESTS, "too_many_sessions").await;
+    let other = app.token("bob").await;
+    let _c = app.open_stream(&other, None).await;
+    drop(_a);
+    app.wait_metric("belay_sessions_open", 2).await;
+    let _d = app.open_stream(&token, None).await;
+}
+
+#[actix_web::test]
+async fn closed_sessions_leave_the_registry_after_10k_connects_and_disconnects() {
+    const CONNECTS: usize = 10_000;
+    const PARALLEL: usize = 50;
+    let app = spawn_app_with(|s| s.sse.max_sessions_per_user = 1_000).await;
+    let token = app.token("ana").await;
+    let opened = futures_util::stream::iter(0..CONNECTS)
+        .map(|_| {
+            let request = app.client.get(app.url("/v1/events")).bearer_auth(&token);
+            async move {
+                let mut stream = crate::helpers::SseClient::open(request).await;
+                assert_eq!(stream.expect().await.event, "unread");
+            }
+        })
+        .buffer_unordered(PARALLEL);
+    use futures_util::StreamExt as _;
+    assert_eq!(opened.count().await, CONNECTS);
+    app.wait_metric("belay_sessions_open", 0).await;
+    assert_eq!(
+        app.metric("belay_sessions_opened_total").await,
+        CONNECTS as i64
+    );
+    // The per-user slots came back too.
+    let _again = app.open_stream(&token, None).await;
+}
+
+#[actix_web::test]
+async fn idle_streams_get_heartbeat_comments() {
+    let app = spawn_app_with(|s| s.sse.heartbeat_secs = 1).await;
+    let token = app.token("ana").await;
+    let response = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt as _;
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("\n: heartbeat\n") || seen.starts_with(": heartbeat\n") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "got {seen:?}");
+    assert!(
+        seen.starts_with("retry: 3000\n\n"),
+        "retry hint first: {seen:?}"
+    );
+}
+
+#[actix_web::test]
+async fn graceful_shutdown_ends_open_streams_cleanly() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let mut stream = app.open_stream(&token, None).await;
+    stream.expect().await;
+    app.like("ana", "p1", "bob").await;
+    assert_eq!(stream.expect().await.id, "1");
+
+    let stopping = actix_web::rt::spawn({
+        let handle = app.shutdown.clone();
+        async move { handle.shutdown().await }
+    });
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends instead of hanging"
+    );
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+}
+
+#[actix_web::test]
+async fn marking_read_in_one_tab_updates_the_unread_count_in_the_others() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    app.like("ana", "p1", "bob").await;
+    app.like("ana", "p2", "bob").await;
+    let mut other_tab = app.open_stream(&token, None).await;
+    assert_eq!(data(&other_tab.expect().await)["count"], 2);
+
+    let response = app
+        .client
+        .post(app.url("/v1/notifications/read"))
+        .bearer_auth(&token)
+        .json(&json!({"up_to": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let update = other_tab.expect().await;
+    assert_eq!(update.event, "unread");
+    assert_eq!(data(&update), json!({"count": 1}));
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the HTTP and SSE surface against the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod bad_input;
+mod events;
+mod helpers;
+mod host;
+mod notifications;

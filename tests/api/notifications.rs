@@ -1,0 +1,103 @@
+//! The user's notification list and read state.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn read(app: &TestApp, token: &str, body: Value) -> Value {
+    let response = app
+        .client
+        .post(app.url("/v1/notifications/read"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+fn cursors(list: &Value) -> Vec<i64> {
+    list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["cursor"].as_i64().unwrap())
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_list_pages_newest_first_or_after_a_cursor() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=7 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+
+    let first = app.list(&token, "?limit=3").await;
+    assert_eq!(cursors(&first), [7, 6, 5]);
+    assert_eq!(first["next"], 5);
+    assert_eq!(first["unread"], 7);
+    let second = app.list(&token, "?limit=3&before=5").await;
+    assert_eq!(cursors(&second), [4, 3, 2]);
+    let last = app.list(&token, "?limit=3&before=2").await;
+    assert_eq!(cursors(&last), [1]);
+    assert_eq!(last["next"], Value::Null);
+
+    let after = app.list(&token, "?after=4&limit=2").await;
+    assert_eq!(cursors(&after), [5, 6]);
+    assert_eq!(after["next"], 6);
+}
+
+#[actix_web::test]
+async fn notifications_are_marked_read_by_id_up_to_a_cursor_or_all() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let mut ids = Vec::new();
+    for i in 1..=6 {
+        ids.push(app.like("ana", &format!("p{i}"), "bob").await["id"].clone());
+    }
+
+    assert_eq!(
+        read(&app, &token, json!({"ids": [ids[5], ids[4]]})).await,
+        json!({"updated": 2, "unread": 4})
+    );
+    assert_eq!(
+        read(&app, &token, json!({"up_to": 2})).await,
+        json!({"updated": 2, "unread": 2})
+    );
+    assert_eq!(cursors(&app.list(&token, "?unread=true").await), [4, 3]);
+    assert_eq!(
+        read(&app, &token, json!({"all": true})).await,
+        json!({"updated": 2, "unread": 0})
+    );
+    assert_eq!(
+        read(&app, &token, json!({"all": true})).await,
+        json!({"updated": 0, "unread": 0})
+    );
+    let all = app.list(&token, "").await;
+    assert!(
+        all["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["read"] == true)
+    );
+}
+
+#[actix_web::test]
+async fn a_user_never_sees_or_changes_another_users_notifications() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+    let anas = app.like("ana", "p1", "cy").await;
+
+    assert_eq!(app.list(&bob, "").await["notifications"], json!([]));
+    assert_eq!(
+        read(&app, &bob, json!({"ids": [anas["id"]]})).await["updated"],
+        0
+    );
+    assert_eq!(read(&app, &bob, json!({"all": true})).await["updated"], 0);
+    assert_eq!(app.list(&ana, "?unread=true").await["unread"], 1);
+}
