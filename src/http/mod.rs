@@ -86,6 +86,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
             .service(resource("/dev/config", web::get().to(dev::config)));
     }
     cfg.service(resource("/", web::get().to(demo_page)))
+        // Browsers ask for it on every page load; an empty answer keeps their consoles clean.
+        .service(resource(
+            "/favicon.ico",
+            web::get().to(HttpResponse::NoContent),
+        ))
         .service(resource("/healthz", web::get().to(health::healthz)))
         .service(resource("/readyz", web::get().to(health::readyz)))
         .service(resource("/metrics", web::get().to(health::metrics)))

@@ -1,0 +1,40 @@
+//! `belay-load`: load generator for the Belay notification server (one subcommand per scenario).
+
+mod common;
+mod notify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator for a local Belay server (loopback URLs only).
+#[derive(Debug, Parser)]
+#[command(name = "belay-load", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
+    /// and measure delivery latency, loss and ordering.
+    Notify(notify::NotifyArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Notify(args) => notify::run(args).await,
+    };
+    // Print the context chain on one line, not anyhow's Debug form: with RUST_BACKTRACE set
+    // that adds a stack trace the operator does not need for "server not running".
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,856 @@
+//! `notify` scenario: one SSE session per user, a paced publisher of `post_liked` events, and
+//! receivers that measure delivery latency, loss, duplicates and cursor order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, value_parser};
+use eventsource_stream::Event;
+use futures_util::StreamExt;
+use reqwest::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{MissedTickBehavior, timeout, timeout_at};
+
+use crate::common::{
+    self, CpuUsage, ErrorCount, ErrorTally, LatencySummary, ShardedHistogram, Target, row,
+};
+
+/// Upper bound on events per run: the per-event bookkeeping is preallocated (16 bytes each).
+const MAX_EVENTS: u64 = 20_000_000;
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// Server base URL; must be plain http on loopback (127.0.0.0/8, localhost, ::1).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Number of users, each with one SSE session.
+    #[arg(long, default_value_t = 200, value_parser = value_parser!(u32).range(1..=200_000))]
+    pub users: u32,
+    /// Publish requests per second (each request carries --batch events).
+    #[arg(long, default_value_t = 500, value_parser = value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+    /// Seconds of measured publishing, after the warmup.
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Seconds of publishing before measuring: checked for loss and order, excluded from
+    /// latency and achieved rate.
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(0..=600))]
+    pub warmup: u64,
+    /// Seconds to wait after publishing for events still on their way.
+    #[arg(long, default_value_t = 5, value_parser = value_parser!(u64).range(0..=600))]
+    pub drain: u64,
+    /// Events per request; above 1 the body is {"events":[...]} (server default limit: 100).
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    /// API key for /v1/notify; default: env BELAY_API_KEY, else GET /v1/dev/config (dev mode).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Publish requests in flight at most, so the rate is not capped by request latency.
+    #[arg(long, default_value_t = 64, value_parser = value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Sessions being opened at the same time.
+    #[arg(long, default_value_t = 50, value_parser = value_parser!(u32).range(1..=10_000))]
+    pub open_concurrency: u32,
+    /// Seconds each session may take to get its token and receive the `unread` event.
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..=600))]
+    pub open_timeout: u64,
+    /// Timeout in seconds of each publish or token request.
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..=600))]
+    pub request_timeout: u64,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Lifecycle of one published event (`Slot::state`).
+const UNSENT: u8 = 0;
+const IN_FLIGHT: u8 = 1;
+const ACCEPTED: u8 = 2;
+const REJECTED: u8 = 3;
+
+/// Bookkeeping for one event, indexed by its sequence number (the `<seq>` of `lt-<seq>`):
+/// a lock-free "map" from post id to send instant, target user and receipt.
+#[derive(Default)]
+struct Slot {
+    /// Nanoseconds since `Shared::t0` plus one; 0 means never sent.
+    sent_ns: AtomicU64,
+    user: AtomicU32,
+    state: AtomicU8,
+    received: AtomicBool,
+}
+
+/// State read by the publisher and every receiver.
+struct Shared {
+    t0: Instant,
+    slots: Vec<Slot>,
+    /// Events with a lower sequence number belong to the warmup.
+    warmup_events: u64,
+    latency_us: ShardedHistogram,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn slot(&self, seq: u64) -> Option<&Slot> {
+        self.slots.get(usize::try_from(seq).ok()?)
+    }
+}
+
+/// Everything a session task needs besides its user.
+struct SessionCtx {
+    shared: Arc<Shared>,
+    target: Target,
+    api_key: String,
+    api: Client,
+    sse: Client,
+    open_permits: Arc<Semaphore>,
+    open_timeout: Duration,
+}
+
+/// What one session saw; summed over sessions for the report.
+#[derive(Default)]
+struct ReceiverStats {
+    opened: bool,
+    open_error: Option<String>,
+    /// Why the stream ended before the run did, if it did.
+    dropped: Option<String>,
+    delivered: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    misrouted: u64,
+    unknown: u64,
+    unparsable: u64,
+}
+
+/// The part of a delivered event the receiver checks.
+#[derive(Deserialize)]
+struct Delivered {
+    cursor: Option<u64>,
+    data: Payload,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    post_id: String,
+}
+
+pub async fn run(args: NotifyArgs) -> Result<()> {
+    let cpu_start = common::process_cpu_seconds();
+    let wall_start = Instant::now();
+    let target = Target::loopback(&args.url)?;
+    let run = common::run_tag();
+
+    let total_requests = u64::from(args.rate) * (args.warmup + args.duration);
+    let total_events = total_requests * u64::from(args.batch);
+    if total_events > MAX_EVENTS {
+        bail!(
+            "{total_events} events requested (rate x batch x (warmup + duration)); \
+             the limit is {MAX_EVENTS}: lower --rate, --batch or --duration"
+        );
+    }
+    common::warn_if_fd_limit_below(u64::from(args.users) + u64::from(args.concurrency) + 64);
+
+    let request_timeout = Duration::from_secs(args.request_timeout);
+    let api = common::api_client(request_timeout, args.concurrency as usize)?;
+    let sse = common::sse_client()?;
+    let api_key = common::resolve_api_key(&api, &target, args.api_key.as_deref()).await?;
+
+    let slots_len = usize::try_from(total_events).context("event count does not fit in memory")?;
+    let shard_count = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+    let shared = Arc::new(Shared {
+        t0: Instant::now(),
+        slots: (0..slots_len).map(|_| Slot::default()).collect(),
+        warmup_events: u64::from(args.rate) * args.warmup * u64::from(args.batch),
+        latency_us: ShardedHistogram::new(shard_count)?,
+    });
+
+    // Phase 1: open every session (bounded concurrency) and wait for all to report.
+    eprintln!(
+        "run {run}: opening {} SSE sessions against {}",
+        args.users,
+        target.base()
+    );
+    let ctx = Arc::new(SessionCtx {
+        shared: Arc::clone(&shared),
+        target: target.clone(),
+        api_key: api_key.clone(),
+        api: api.clone(),
+        sse,
+        open_permits: Arc::new(Semaphore::new(args.open_concurrency as usize)),
+        open_timeout: Duration::from_secs(args.open_timeout),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (sessions, open_users, open_failures) =
+        open_sessions(&ctx, &run, args.users, &stop_rx).await;
+    eprintln!(
+        "run {run}: {} sessions open, {open_failures} failed to open",
+        open_users.len()
+    );
+    if open_users.is_empty() {
+        let _ = stop_tx.send(true);
+        let reasons = collect_stats(sessions).await;
+        let first = reasons.iter().find_map(|s| s.open_error.clone());
+        bail!(
+            "no SSE session could be opened (first error: {})",
+            first.unwrap_or_else(|| "unknown".to_owned())
+        );
+    }
+
+    // Phase 2: publish, then drain until every accepted event arrived or --drain expires.
+    eprintln!(
+        "run {run}: publishing {} req/s x {} events for {} s (+{} s warmup)",
+        args.rate, args.batch, args.duration, args.warmup
+    );
+    let cpu_publish = common::process_cpu_seconds();
+    let wall_publish = Instant::now();
+    let publisher = Publisher {
+        shared: Arc::clone(&shared),
+        api,
+        url: target.endpoint("/v1/notify"),
+        api_key,
+        users: Arc::new(open_users),
+        batch: args.batch,
+        counters: Arc::new(PublishCounters::default()),
+    };
+    let published = publisher.run(&args, total_requests).await?;
+    wait_for_delivery(&shared, Duration::from_secs(args.drain)).await;
+    let cpu_end = common::process_cpu_seconds();
+    let phase_wall = wall_publish.elapsed();
+
+    // Phase 3: close the sessions and tally.
+    let _ = stop_tx.send(true);
+    let stats = collect_stats(sessions).await;
+    let report = build_report(&args, &run, &target, &shared, &published, &stats)?.with_cpu(
+        CpuUsage::between(cpu_publish, cpu_end, phase_wall),
+        CpuUsage::between(
+            cpu_start,
+            common::process_cpu_seconds(),
+            wall_start.elapsed(),
+        ),
+    );
+    report.print();
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Spawns one session task per user and waits until each has opened or failed.
+/// Returns the tasks, the open users as (index, user id) and the number that failed.
+async fn open_sessions(
+    ctx: &Arc<SessionCtx>,
+    run: &str,
+    users: u32,
+    stop: &watch::Receiver<bool>,
+) -> (Vec<JoinHandle<ReceiverStats>>, Vec<(u32, String)>, u64) {
+    let (open_tx, mut open_rx) = mpsc::unbounded_channel();
+    let sessions: Vec<_> = (0..users)
+        .map(|idx| {
+            let user_id = format!("lt-{run}-{idx}");
+            tokio::spawn(session(
+                Arc::clone(ctx),
+                idx,
+                user_id,
+                open_tx.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Each task reports exactly once; dropping our sender lets recv() end if one dies early.
+    drop(open_tx);
+    let mut open_users = Vec::with_capacity(users as usize);
+    let mut failures = 0;
+    while let Some((idx, user_id, ok)) = open_rx.recv().await {
+        if ok {
+            open_users.push((idx, user_id));
+        } else {
+            failures += 1;
+        }
+    }
+    open_users.sort_unstable_by_key(|(idx, _)| *idx);
+    (sessions, open_users, failures)
+}
+
+/// One user's task: open the session, report the outcome, then receive until told to stop.
+async fn session(
+    ctx: Arc<SessionCtx>,
+    idx: u32,
+    user_id: String,
+    opened: mpsc::UnboundedSender<(u32, String, bool)>,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverStats {
+    let mut stats = ReceiverStats::default();
+    let open = async {
+        // The permit bounds concurrent opens only; it is released once the session is up.
+        let _permit = ctx
+            .open_permits
+            .acquire()
+            .await
+            .context("open limiter closed")?;
+        timeout(ctx.open_timeout, async {
+            let token = common::dev_token(&ctx.api, &ctx.target, &ctx.api_key, &user_id).await?;
+            common::open_session(&ctx.sse, &ctx.target, &token).await
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "session {user_id}: not open within {} s",
+                ctx.open_timeout.as_secs()
+            )
+        })?
+    };
+    let mut stream = match open.await {
+        Ok(stream) => stream,
+        Err(err) => {
+            stats.open_error = Some(format!("{err:#}"));
+            let _ = opened.send((idx, user_id, false));
+            return stats;
+        }
+    };
+    stats.opened = true;
+    let _ = opened.send((idx, user_id, true));
+    drop(opened);
+
+    let mut last_cursor: Option<u64> = None;
+    loop {
+        tokio::select! {
+            biased;
+            // A dropped sender also ends the session, so an early error cannot leak tasks.
+            _ = stop.changed() => break,
+            frame = stream.next() => match frame {
+                Some(Ok(event)) => on_event(&ctx.shared, idx, &event, &mut last_cursor, &mut stats),
+                Some(Err(err)) => {
+                    stats.dropped = Some(common::sse_error(&err));
+                    break;
+                }
+                None => {
+                    stats.dropped = Some("server closed the stream".to_owned());
+                    break;
+                }
+            },
+        }
+    }
+    stats
+}
+
+/// Checks one SSE event against what the publisher sent.
+fn on_event(
+    shared: &Shared,
+    idx: u32,
+    event: &Event,
+    last_cursor: &mut Option<u64>,
+    stats: &mut ReceiverStats,
+) {
+    if event.event != "post_liked" {
+        // `unread` may be re-sent by the server; anything else is unexpected here.
+        if event.event != "unread" {
+            stats.unknown += 1;
+        }
+        return;
+    }
+    let Ok(delivered) = serde_json::from_str::<Delivered>(&event.data) else {
+        stats.unparsable += 1;
+        return;
+    };
+    let seq = delivered
+        .data
+        .post_id
+        .strip_prefix("lt-")
+        .and_then(|s| s.parse::<u64>().ok());
+    let Some(slot) = seq.and_then(|seq| shared.slot(seq).map(|slot| (seq, slot))) else {
+        stats.unknown += 1;
+        return;
+    };
+    let (seq, slot) = slot;
+    let sent_ns = slot.sent_ns.load(Ordering::Acquire);
+    if sent_ns == 0 {
+        stats.unknown += 1;
+        return;
+    }
+    if slot.received.swap(true, Ordering::AcqRel) {
+        stats.duplicates += 1;
+        return;
+    }
+    stats.delivered += 1;
+    if slot.user.load(Ordering::Relaxed) != idx {
+        stats.misrouted += 1;
+    }
+    // The SSE id is the cursor too; it is only a fallback because the parser keeps the last id.
+    let cursor = delivered.cursor.or_else(|| event.id.parse().ok());
+    if let Some(cursor) = cursor {
+        if last_cursor.is_some_and(|last| cursor <= last) {
+            stats.out_of_order += 1;
+        }
+        *last_cursor = Some(last_cursor.map_or(cursor, |last| last.max(cursor)));
+    }
+    if seq >= shared.warmup_events {
+        let latency_ns = shared.now_ns().saturating_sub(sent_ns - 1);
+        shared.latency_us.record(idx as usize, latency_ns / 1000);
+    }
+}
+
+/// Waits until every accepted event was received, or `drain` elapses.
+async fn wait_for_delivery(shared: &Shared, drain: Duration) {
+    let deadline = Instant::now() + drain;
+    // Events mostly arrive in order, so skip the settled prefix instead of rescanning it.
+    let mut settled = 0;
+    loop {
+        while let Some(slot) = shared.slots.get(settled) {
+            let waiting = slot.state.load(Ordering::Acquire) == ACCEPTED
+                && !slot.received.load(Ordering::Acquire);
+            if waiting {
+                break;
+            }
+            settled += 1;
+        }
+        if settled >= shared.slots.len() || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops waiting for sessions after this long; stragglers are aborted.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn collect_stats(
+    sessions: Vec<tokio::task::JoinHandle<ReceiverStats>>,
+) -> Vec<ReceiverStats> {
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut all = Vec::with_capacity(sessions.len());
+    for handle in sessions {
+        let abort = handle.abort_handle();
+        match timeout_at(deadline, handle).await {
+            Ok(Ok(stats)) => all.push(stats),
+            Ok(Err(err)) => all.push(ReceiverStats {
+                dropped: Some(format!("session task failed: {err}")),
+                ..ReceiverStats::default()
+            }),
+            Err(_) => {
+                abort.abort();
+                all.push(ReceiverStats {
+                    dropped: Some("session did not stop in time".to_owned()),
+                    ..ReceiverStats::default()
+                });
+            }
+        }
+    }
+    all
+}
+
+/// Publisher-side counters, updated by the concurrent sender tasks.
+#[derive(Default)]
+struct PublishCounters {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    outcomes: Mutex<BTreeMap<String, u64>>,
+    error_messages: ErrorTally,
+}
+
+impl PublishCounters {
+    fn error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.error_messages.add(message);
+    }
+}
+
+/// What the publish phase did.
+struct Published {
+    requests_sent: u64,
+    warmup_requests: u64,
+    measured_requests: u64,
+    measured_window: Duration,
+    counters: Arc<PublishCounters>,
+}
+
+struct Publisher {
+    shared: Arc<Shared>,
+    api: Client,
+    url: String,
+    api_key: String,
+    /// Users with an open session, as (index, user id); events go round-robin over them.
+    users: Arc<Vec<(u32, String)>>,
+    batch: u32,
+    counters: Arc<PublishCounters>,
+}
+
+impl Publisher {
+    /// Open-loop pacing: request k is due at k / rate seconds however long earlier ones take,
+    /// with up to --concurrency in flight. Stops at warmup + duration even if behind.
+    async fn run(self, args: &NotifyArgs, total_requests: u64) -> Result<Published> {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(args.concurrency as usize));
+        let rate = f64::from(args.rate);
+        let warmup_requests = u64::from(args.rate) * args.warmup;
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(args.warmup + args.duration);
+        // Timers are ~1 ms grained; above 1000 req/s each tick sends every request now due.
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+
+        let mut next = 0u64;
+        'pace: while next < total_requests {
+            ticker.tick().await;
+            let now = tokio::time::Instant::now();
+            // One tick of slack lets timer jitter still send the last request, not a backlog.
+            if now >= deadline + period {
+                break;
+            }
+            let due = ((now.min(deadline) - start).as_secs_f64() * rate) as u64 + 1;
+            while next < due.min(total_requests) {
+                // Waiting here means the server (or --concurrency) is the limit; it shows
+                // up as an achieved rate below target.
+                let Ok(permit) =
+                    timeout_at(deadline + period, Arc::clone(&permits).acquire_owned()).await
+                else {
+                    break 'pace;
+                };
+                let permit = permit.context("publish limiter closed")?;
+                let sender = Arc::clone(&this);
+                tokio::spawn(async move {
+                    sender.send(next).await;
+                    drop(permit);
+                });
+                next += 1;
+            }
+        }
+        // Finish the window so the achieved rate is over the full duration.
+        tokio::time::sleep_until(deadline).await;
+        // Nominal window: requests the client failed to send in time simply are not counted.
+        let measured_window = Duration::from_secs(args.duration);
+        // Every sender holds a permit: getting all of them back means no request is in flight.
+        let _all = permits
+            .acquire_many(args.concurrency)
+            .await
+            .context("publish limiter closed")?;
+        Ok(Published {
+            requests_sent: next,
+            warmup_requests: next.min(warmup_requests),
+            measured_requests: next.saturating_sub(warmup_requests),
+            measured_window,
+            counters: Arc::clone(&this.counters),
+        })
+    }
+
+    /// Sends request `index`, carrying events `index * batch ..`.
+    async fn send(&self, index: u64) {
+        let batch = u64::from(self.batch);
+        let first = index * batch;
+        let mut items = Vec::with_capacity(self.batch as usize);
+        for seq in first..first + batch {
+            // Round-robin over open users; distinct post ids so the server collapses nothing.
+            let (idx, user_id) = &self.users[(seq % self.users.len() as u64) as usize];
+            if let Some(slot) = self.shared.slot(seq) {
+                slot.user.store(*idx, Ordering::Relaxed);
+            }
+            items.push(json!({
+                "user_id": user_id,
+                "kind": "post_liked",
+                "data": { "post_id": format!("lt-{seq}"), "by": "loadgen" },
+            }));
+        }
+        let body = if self.batch == 1 {
+            items.pop().unwrap_or_default()
+        } else {
+            json!({ "events": items })
+        };
+        // Serialize first, then stamp: latency starts when the request leaves, not before.
+        let request = self
+            .api
+            .post(&self.url)
+            .header("X-Api-Key", &self.api_key)
+            .json(&body);
+        let sent_ns = self.shared.now_ns().saturating_add(1);
+        self.mark(first, batch, |slot| {
+            slot.sent_ns.store(sent_ns, Ordering::Release);
+            slot.state.store(IN_FLIGHT, Ordering::Release);
+        });
+
+        let outcome = match request.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(resp.json::<Value>().await.ok()),
+            Ok(resp) => Err(common::describe_error(resp).await),
+            Err(err) => Err(format!("publish failed: {}", common::error_chain(&err))),
+        };
+        match outcome {
+            Ok(body) => {
+                self.mark(first, batch, |slot| {
+                    slot.state.store(ACCEPTED, Ordering::Release)
+                });
+                self.counters.ok.fetch_add(1, Ordering::Relaxed);
+                self.tally_outcomes(body.as_ref());
+            }
+            Err(message) => {
+                self.mark(first, batch, |slot| {
+                    slot.state.store(REJECTED, Ordering::Release)
+                });
+                self.counters.error(message);
+            }
+        }
+    }
+
+    fn mark(&self, first: u64, count: u64, f: impl Fn(&Slot)) {
+        for seq in first..first + count {
+            if let Some(slot) = self.shared.slot(seq) {
+                f(slot);
+            }
+        }
+    }
+
+    /// Counts `results[].outcome` values, e.g. how many events were pushed live vs stored.
+    fn tally_outcomes(&self, body: Option<&Value>) {
+        let results = body
+            .and_then(|b| b.get("results"))
+            .and_then(Value::as_array);
+        let mut outcomes = self
+            .counters
+            .outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match results {
+            Some(results) => {
+                for result in results {
+                    let outcome = result
+                        .get("outcome")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(missing)");
+                    *outcomes.entry(outcome.to_owned()).or_default() += 1;
+                }
+            }
+            None => {
+                *outcomes
+                    .entry("(unparsed response)".to_owned())
+                    .or_default() += 1
+            }
+        }
+    }
+}
+
+/// The numbers printed as the summary table and written by --json.
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    run: String,
+    url: String,
+    users: u32,
+    batch: u32,
+    target_rate_rps: u32,
+    duration_s: u64,
+    warmup_s: u64,
+    sessions_opened: u64,
+    session_open_errors: u64,
+    /// Sessions whose stream ended before the run did.
+    sessions_dropped: u64,
+    requests_sent: u64,
+    requests_ok: u64,
+    requests_errors: u64,
+    warmup_requests: u64,
+    /// Measured-window requests per second (warmup excluded).
+    achieved_rate_rps: f64,
+    achieved_rate_eps: f64,
+    events_sent: u64,
+    events_accepted: u64,
+    /// First receipts of our events (warmup included).
+    events_delivered: u64,
+    /// Accepted by the server but never received.
+    events_lost: u64,
+    /// Received although the request failed (e.g. timed out after the server stored it).
+    delivered_despite_error: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    misrouted: u64,
+    unknown_events: u64,
+    unparsable_events: u64,
+    outcomes: BTreeMap<String, u64>,
+    latency: LatencySummary,
+    /// CPU of this client during publish + drain, then over the whole run.
+    client_cpu_publish: Option<CpuUsage>,
+    client_cpu_total: Option<CpuUsage>,
+    /// Distinct messages with counts: why sessions failed to open or ended early.
+    session_errors: Vec<ErrorCount>,
+    /// Distinct messages with counts: why publish requests failed.
+    publish_errors: Vec<ErrorCount>,
+}
+
+fn build_report(
+    args: &NotifyArgs,
+    run: &str,
+    target: &Target,
+    shared: &Shared,
+    published: &Published,
+    stats: &[ReceiverStats],
+) -> Result<Report> {
+    let sum = |f: fn(&ReceiverStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let (mut sent, mut accepted, mut lost, mut despite_error) = (0, 0, 0, 0);
+    for slot in &shared.slots {
+        let state = slot.state.load(Ordering::Acquire);
+        if state == UNSENT {
+            continue;
+        }
+        sent += 1;
+        let received = slot.received.load(Ordering::Acquire);
+        if state == ACCEPTED {
+            accepted += 1;
+            lost += u64::from(!received);
+        } else {
+            despite_error += u64::from(received);
+        }
+    }
+    let session_errors = ErrorTally::default();
+    for message in stats
+        .iter()
+        .filter_map(|s| s.open_error.as_ref().or(s.dropped.as_ref()))
+    {
+        session_errors.add(message.clone());
+    }
+    let window = published.measured_window.as_secs_f64();
+    let achieved_rps = if window > 0.0 {
+        published.measured_requests as f64 / window
+    } else {
+        0.0
+    };
+    Ok(Report {
+        scenario: "notify",
+        run: run.to_owned(),
+        url: target.base().to_owned(),
+        users: args.users,
+        batch: args.batch,
+        target_rate_rps: args.rate,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        sessions_opened: sum(|s| u64::from(s.opened)),
+        session_open_errors: sum(|s| u64::from(s.open_error.is_some())),
+        sessions_dropped: sum(|s| u64::from(s.opened && s.dropped.is_some())),
+        requests_sent: published.requests_sent,
+        requests_ok: published.counters.ok.load(Ordering::Relaxed),
+        requests_errors: published.counters.errors.load(Ordering::Relaxed),
+        warmup_requests: published.warmup_requests,
+        achieved_rate_rps: achieved_rps,
+        achieved_rate_eps: achieved_rps * f64::from(args.batch),
+        events_sent: sent,
+        events_accepted: accepted,
+        events_delivered: sum(|s| s.delivered),
+        events_lost: lost,
+        delivered_despite_error: despite_error,
+        duplicates: sum(|s| s.duplicates),
+        out_of_order: sum(|s| s.out_of_order),
+        misrouted: sum(|s| s.misrouted),
+        unknown_events: sum(|s| s.unknown),
+        unparsable_events: sum(|s| s.unparsable),
+        outcomes: published
+            .counters
+            .outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
+        latency: LatencySummary::from_micros(&shared.latency_us.merged()?),
+        client_cpu_publish: None,
+        client_cpu_total: None,
+        session_errors: session_errors.sorted(),
+        publish_errors: published.counters.error_messages.sorted(),
+    })
+}
+
+impl Report {
+    fn with_cpu(mut self, publish: CpuUsage, total: CpuUsage) -> Self {
+        self.client_cpu_publish = Some(publish);
+        self.client_cpu_total = Some(total);
+        self
+    }
+
+    fn print(&self) {
+        println!();
+        println!("belay-load notify  run={}  url={}", self.run, self.url);
+        row("users", self.users);
+        row(
+            "sessions",
+            format!(
+                "opened {}  open errors {}  dropped {}",
+                self.sessions_opened, self.session_open_errors, self.sessions_dropped
+            ),
+        );
+        row(
+            "requests",
+            format!(
+                "sent {}  ok {}  errors {}  (warmup {}, batch {})",
+                self.requests_sent,
+                self.requests_ok,
+                self.requests_errors,
+                self.warmup_requests,
+                self.batch
+            ),
+        );
+        row(
+            "publish rate",
+            format!(
+                "{:.1} req/s = {:.1} events/s  (target {} req/s)",
+                self.achieved_rate_rps, self.achieved_rate_eps, self.target_rate_rps
+            ),
+        );
+        row(
+            "events",
+            format!(
+                "sent {}  accepted {}  delivered {}",
+                self.events_sent, self.events_accepted, self.events_delivered
+            ),
+        );
+        row("lost", self.events_lost);
+        row(
+            "duplicates / out-of-order",
+            format!("{} / {}", self.duplicates, self.out_of_order),
+        );
+        if self.misrouted
+            + self.unknown_events
+            + self.unparsable_events
+            + self.delivered_despite_error
+            > 0
+        {
+            row(
+                "other anomalies",
+                format!(
+                    "misrouted {}  unknown {}  unparsable {}  delivered despite error {}",
+                    self.misrouted,
+                    self.unknown_events,
+                    self.unparsable_events,
+                    self.delivered_despite_error
+                ),
+            );
+        }
+        if !self.outcomes.is_empty() {
+            let outcomes: Vec<String> = self
+                .outcomes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            row("outcomes", outcomes.join("  "));
+        }
+        row("latency ms", self.latency.display());
+        if let Some(cpu) = &self.client_cpu_publish {
+            row("client CPU publish+drain", cpu.display());
+        }
+        if let Some(cpu) = &self.client_cpu_total {
+            row("client CPU whole run", cpu.display());
+        }
+        for (label, errors) in [
+            ("session error", &self.session_errors),
+            ("publish error", &self.publish_errors),
+        ] {
+            for error in errors {
+                row(label, format!("{}x {}", error.count, error.message));
+            }
+        }
+    }
+}

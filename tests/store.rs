@@ -1,0 +1,256 @@
+//! Contract tests of the `Store` interface, run against every backend this build has.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use belay::domain::{Cursor, Event, IdempotencyKey, PostId, PostLiked, UserId};
+use belay::store::{self, AppendOutcome, ListQuery, NewEvent, Page, ReadSelector, Store};
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn backends() -> Vec<(&'static str, Backend)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/contract.db", dir.path().display());
+    let sqlite = store::connect(&url, 4).await.unwrap();
+    vec![(
+        "sqlite",
+        Backend {
+            store: sqlite,
+            _dir: dir,
+        },
+    )]
+}
+
+fn user(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn like(to: &str, post: &str, by: &str) -> NewEvent {
+    NewEvent {
+        user: user(to),
+        event: Event::PostLiked(PostLiked::new(PostId::parse(post).unwrap(), user(by))),
+        idempotency_key: None,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_gapless_cursors_in_commit_order() {
+    for (name, backend) in backends().await {
+        let store = backend.store.clone();
+        let writers = (0..8).map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..50 {
+                    let appended = store
+                        .append(vec![like("ana", &format!("w{w}-{i}"), "bob")])
+                        .await
+                        .unwrap();
+                    mine.push(appended[0].notification.cursor.0);
+                }
+                mine
+            })
+        });
+        let mut all = Vec::new();
+        for writer in writers {
+            let mine = writer.await.unwrap();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "{name}: one writer's cursors only grow"
+            );
+            all.extend(mine);
+        }
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=400).collect::<Vec<_>>(),
+            "{name}: gapless and unique"
+        );
+        assert_eq!(
+            store.head(&user("ana")).await.unwrap(),
+            Cursor(400),
+            "{name}"
+        );
+        let replay = store
+            .events_after(&user("ana"), Cursor(390), 100)
+            .await
+            .unwrap();
+        let cursors: Vec<i64> = replay.iter().map(|n| n.cursor.0).collect();
+        assert_eq!(
+            cursors,
+            (391..=400).collect::<Vec<_>>(),
+            "{name}: replay in cursor order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cursors_are_per_user() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let out = store
+            .append(vec![
+                like("ana", "p1", "x"),
+                like("bob", "p1", "x"),
+                like("ana", "p2", "x"),
+            ])
+            .await
+            .unwrap();
+        let got: Vec<(String, i64)> = out
+            .iter()
+            .map(|a| (a.user.to_string(), a.notification.cursor.0))
+            .collect();
+        assert_eq!(
+            got,
+            [("ana".into(), 1), ("bob".into(), 1), ("ana".into(), 2)],
+            "{name}"
+        );
+        assert_eq!(
+            store.head(&user("nobody")).await.unwrap(),
+            Cursor::ZERO,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_collapse_moves_the_notification_to_a_new_cursor() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let first = store
+            .append(vec![like("ana", "p1", "bob")])
+            .await
+            .unwrap()
+            .remove(0);
+        store.append(vec![like("ana", "p2", "bob")]).await.unwrap();
+        let second = store
+            .append(vec![like("ana", "p1", "cy")])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(second.outcome, AppendOutcome::Collapsed, "{name}");
+        assert_eq!(second.notification.id, first.notification.id, "{name}");
+        assert_eq!(second.notification.cursor, Cursor(3), "{name}");
+        assert_eq!(
+            second.notification.created_at, first.notification.created_at,
+            "{name}"
+        );
+        // A client resuming after cursor 1 sees the like once, at its new place.
+        let replay = store
+            .events_after(&user("ana"), Cursor::ZERO, 10)
+            .await
+            .unwrap();
+        let cursors: Vec<i64> = replay.iter().map(|n| n.cursor.0).collect();
+        assert_eq!(cursors, [2, 3], "{name}");
+        assert_eq!(replay[1], second.notification, "{name}: stored as returned");
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_first_result_even_within_a_batch() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let mut keyed = like("ana", "p1", "bob");
+        keyed.idempotency_key = Some(IdempotencyKey::parse("k1").unwrap());
+        let out = store
+            .append(vec![keyed.clone(), keyed.clone()])
+            .await
+            .unwrap();
+        assert_eq!(out[0].outcome, AppendOutcome::Created, "{name}");
+        assert_eq!(out[1].outcome, AppendOutcome::Duplicate, "{name}");
+        let again = store.append(vec![keyed]).await.unwrap().remove(0);
+        assert_eq!(again.outcome, AppendOutcome::Duplicate, "{name}");
+        assert_eq!(again.notification.id, out[0].notification.id, "{name}");
+        assert_eq!(
+            store.head(&user("ana")).await.unwrap(),
+            Cursor(1),
+            "{name}: no cursor used"
+        );
+        // The same key for another user is another request.
+        let mut other = like("bob", "p1", "cy");
+        other.idempotency_key = Some(IdempotencyKey::parse("k1").unwrap());
+        assert_eq!(
+            store.append(vec![other]).await.unwrap()[0].outcome,
+            AppendOutcome::Created
+        );
+    }
+}
+
+#[tokio::test]
+async fn read_state_filters_the_list_and_counts() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let ana = user("ana");
+        let mut ids = Vec::new();
+        for i in 1..=5 {
+            ids.push(
+                store
+                    .append(vec![like("ana", &format!("p{i}"), "x")])
+                    .await
+                    .unwrap()[0]
+                    .notification
+                    .id,
+            );
+        }
+        assert_eq!(
+            store
+                .mark_read(&ana, &ReadSelector::Ids(vec![ids[0], ids[4]]))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .mark_read(&ana, &ReadSelector::Ids(vec![ids[0]]))
+                .await
+                .unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .mark_read(&ana, &ReadSelector::UpTo(Cursor(2)))
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(store.unread_count(&ana).await.unwrap(), 2, "{name}");
+        let unread = store
+            .list(
+                &ana,
+                ListQuery {
+                    page: Page::Newest { before: None },
+                    unread_only: true,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let cursors: HashSet<i64> = unread.iter().map(|n| n.cursor.0).collect();
+        assert_eq!(cursors, HashSet::from([3, 4]), "{name}");
+        assert_eq!(
+            store.mark_read(&ana, &ReadSelector::All).await.unwrap(),
+            2,
+            "{name}"
+        );
+        assert_eq!(store.unread_count(&ana).await.unwrap(), 0, "{name}");
+        store.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn reopening_a_database_keeps_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/again.db", dir.path().display());
+    let first = store::connect(&url, 2).await.unwrap();
+    first.append(vec![like("ana", "p1", "bob")]).await.unwrap();
+    drop(first);
+    let second = store::connect(&url, 2).await.unwrap();
+    assert_eq!(second.head(&user("ana")).await.unwrap(), Cursor(1));
+    assert!(store::connect("mysqlish://nope", 1).await.is_err());
+}
