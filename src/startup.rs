@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::sse::StaticFrames;
 use crate::store;
+use crate::telemetry::RequestSpan;
 
 pub struct Application {
     port: u16,
@@ -79,7 +80,7 @@ impl Application {
             let hub = Hub::new(registry.clone(), heartbeat, frames.heartbeat.clone()).start();
             worker_hubs.add(hub.clone());
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(state.clone())
                 .app_data(web::Data::new(WorkerHub { registry, hub }))
                 .app_data(

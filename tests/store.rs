@@ -254,3 +254,48 @@ async fn reopening_a_database_keeps_its_events() {
     assert_eq!(second.head(&user("ana")).await.unwrap(), Cursor(1));
     assert!(store::connect("mysqlish://nope", 1).await.is_err());
 }
+
+#[tokio::test]
+async fn one_batch_collapses_and_deduplicates_within_itself() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let mut keyed = like("ana", "p3", "dee");
+        keyed.idempotency_key = Some(IdempotencyKey::parse("k").unwrap());
+        let out = store
+            .append(vec![
+                like("ana", "p1", "bob"),
+                like("ana", "p1", "cy"),
+                like("ana", "p2", "bob"),
+                keyed.clone(),
+                keyed,
+            ])
+            .await
+            .unwrap();
+        let outcomes: Vec<AppendOutcome> = out.iter().map(|a| a.outcome).collect();
+        use AppendOutcome::*;
+        assert_eq!(
+            outcomes,
+            [Created, Collapsed, Created, Created, Duplicate],
+            "{name}"
+        );
+        let cursors: Vec<i64> = out.iter().map(|a| a.notification.cursor.0).collect();
+        assert_eq!(cursors, [1, 2, 3, 4, 4], "{name}");
+        assert_eq!(out[1].notification.id, out[0].notification.id, "{name}");
+        let stored = store
+            .events_after(&user("ana"), Cursor::ZERO, 10)
+            .await
+            .unwrap();
+        let stored_cursors: Vec<i64> = stored.iter().map(|n| n.cursor.0).collect();
+        assert_eq!(
+            stored_cursors,
+            [2, 3, 4],
+            "{name}: the collapsed like sits at its last cursor"
+        );
+        assert_eq!(stored[0], out[1].notification, "{name}");
+        let Event::PostLiked(merged) = &stored[0].event else {
+            panic!("{name}: kind")
+        };
+        assert_eq!(merged.count, 2, "{name}");
+        assert_eq!(store.head(&user("ana")).await.unwrap(), Cursor(4), "{name}");
+    }
+}

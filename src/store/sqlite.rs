@@ -1,6 +1,8 @@
 //! SQLite backend: the embedded default. One writer connection (SQLite has one writer anyway,
-//! and a single connection never hits SQLITE_BUSY on upgrade) and a small pool of readers.
+//! and a single connection never hits SQLITE_BUSY on upgrade) fed by a group-commit task, and a
+//! small pool of readers.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,7 +13,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{AppendOutcome, Appended, ListQuery, NewEvent, Page, ReadSelector, Store};
@@ -22,7 +25,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Events committed together at most.
+const MAX_GROUP_EVENTS: usize = 1000;
+/// Rows per multi-row statement (SQLite allows 32,766 bound values per statement).
+const ROWS_PER_STATEMENT: usize = 500;
+/// Appends waiting for the writer before callers wait to enqueue.
+const WRITE_QUEUE: usize = 1024;
+
 pub struct SqliteStore {
+    writes: mpsc::Sender<WriteJob>,
     writer: SqlitePool,
     reader: SqlitePool,
 }
@@ -66,7 +77,13 @@ impl SqliteStore {
                 .await
                 .with_context(|| format!("opening readers for {url}"))?
         };
-        Ok(SqliteStore { writer, reader })
+        let (writes, jobs) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_loop(writer.clone(), jobs));
+        Ok(SqliteStore {
+            writes,
+            writer,
+            reader,
+        })
     }
 }
 
@@ -97,160 +114,355 @@ fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
 
 const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
 
-/// Hands out the next cursor of `user` inside the caller's transaction.
-async fn bump_cursor(tx: &mut Transaction<'_, Sqlite>, user: &UserId) -> anyhow::Result<Cursor> {
-    let next: i64 = sqlx::query_scalar(
-        "INSERT INTO user_cursors (user_id, last_cursor) VALUES (?1, 1) \
-         ON CONFLICT (user_id) DO UPDATE SET last_cursor = last_cursor + 1 \
-         RETURNING last_cursor",
-    )
-    .bind(user.as_str())
-    .fetch_one(&mut **tx)
-    .await
-    .context("bumping the user's cursor")?;
-    Ok(Cursor(next))
+/// A notification written or changed by the group being committed.
+struct Touched {
+    user: UserId,
+    notification: Notification,
+    collapse_key: Option<String>,
+    /// Not in the database before this group.
+    is_new: bool,
+    /// Must be written.
+    changed: bool,
 }
 
-async fn fetch_by_id(
+/// Runs `SELECT ... WHERE (a, b) IN (VALUES ...)` in chunks; `prefix` ends with `IN (VALUES `.
+async fn select_pairs(
     tx: &mut Transaction<'_, Sqlite>,
-    id: &str,
-) -> anyhow::Result<Option<Notification>> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM notifications WHERE id = ?1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(notification_from_row).transpose()
+    prefix: &str,
+    pairs: &[(String, String)],
+) -> anyhow::Result<Vec<SqliteRow>> {
+    let mut rows = Vec::new();
+    for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(prefix);
+        let mut values = qb.separated(", ");
+        for (a, b) in chunk {
+            values
+                .push("(")
+                .push_bind_unseparated(a.clone())
+                .push_unseparated(", ");
+            values
+                .push_bind_unseparated(b.clone())
+                .push_unseparated(")");
+        }
+        qb.push(")");
+        rows.extend(qb.build().fetch_all(&mut **tx).await?);
+    }
+    Ok(rows)
 }
 
-async fn append_one(
-    tx: &mut Transaction<'_, Sqlite>,
-    item: NewEvent,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Appended> {
-    let user = item.user;
-    if let Some(key) = &item.idempotency_key {
-        let seen: Option<String> = sqlx::query_scalar(
-            "SELECT notification_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
-        )
-        .bind(user.as_str())
-        .bind(key.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(id) = seen {
-            let notification = fetch_by_id(tx, &id)
-                .await?
-                .context("idempotency key points at a missing notification")?;
-            return Ok(Appended {
+/// Writes a group of events in one transaction with a fixed number of statements, whatever its
+/// size: look-ups first, then every decision in memory, then multi-row writes. SQLite has one
+/// writer, so reading the heads and writing them back inside `BEGIN IMMEDIATE` is safe.
+async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<Vec<Appended>> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .context("begin append")?;
+    // Millisecond precision, as stored: live frames and replays carry the same timestamps.
+    let now = from_ms(to_ms(Utc::now()));
+
+    // Idempotency keys seen before, and the notifications they point at.
+    let keyed: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|i| {
+            i.idempotency_key
+                .as_ref()
+                .map(|k| (i.user.to_string(), k.to_string()))
+        })
+        .collect();
+    let mut seen_keys: HashMap<(String, String), Uuid> = HashMap::new();
+    if !keyed.is_empty() {
+        let prefix = "SELECT user_id, key, notification_id FROM idempotency_keys \
+                      WHERE (user_id, key) IN (VALUES ";
+        for row in select_pairs(&mut tx, prefix, &keyed).await? {
+            let id: String = row.try_get("notification_id")?;
+            seen_keys.insert(
+                (row.try_get("user_id")?, row.try_get("key")?),
+                Uuid::parse_str(&id)?,
+            );
+        }
+    }
+    let mut rows: HashMap<Uuid, Touched> = HashMap::new();
+    if !seen_keys.is_empty() {
+        let ids: Vec<String> = seen_keys.values().map(Uuid::to_string).collect();
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications WHERE id IN ("
+        ));
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut *tx).await? {
+            let n = notification_from_row(&row)?;
+            let user =
+                UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
+            let collapse_key = row.try_get("collapse_key")?;
+            rows.insert(
+                n.id,
+                Touched {
+                    user,
+                    notification: n,
+                    collapse_key,
+                    is_new: false,
+                    changed: false,
+                },
+            );
+        }
+    }
+
+    // Unread notifications that new events may collapse into.
+    let collapsible: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|i| i.event.collapse_key().map(|k| (i.user.to_string(), k)))
+        .collect();
+    let mut open: HashMap<(String, String), Uuid> = HashMap::new();
+    if !collapsible.is_empty() {
+        let prefix = format!(
+            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications \
+             WHERE (user_id, collapse_key) IN (VALUES "
+        );
+        for row in select_pairs(&mut tx, &prefix, &collapsible).await? {
+            let n = notification_from_row(&row)?;
+            let user =
+                UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
+            let key: String = row.try_get("collapse_key")?;
+            open.insert((user.to_string(), key.clone()), n.id);
+            rows.entry(n.id).or_insert(Touched {
                 user,
-                notification,
-                outcome: AppendOutcome::Duplicate,
+                notification: n,
+                collapse_key: Some(key),
+                is_new: false,
+                changed: false,
             });
         }
     }
 
-    let cursor = bump_cursor(tx, &user).await?;
-    let collapse_key = item.event.collapse_key();
-    let previous = match &collapse_key {
-        Some(key) => sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = ?1 AND collapse_key = ?2"
-        ))
-        .bind(user.as_str())
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?
-        .as_ref()
-        .map(notification_from_row)
-        .transpose()?,
-        None => None,
+    // Current heads of the users in the group.
+    let mut heads: HashMap<String, i64> = HashMap::new();
+    let users: Vec<String> = {
+        let mut u: Vec<String> = items.iter().map(|i| i.user.to_string()).collect();
+        u.sort_unstable();
+        u.dedup();
+        u
     };
-
-    let (notification, outcome) = match previous {
-        Some(prev) => {
-            let event = item.event.collapse_onto(prev.event);
-            sqlx::query(
-                "UPDATE notifications SET cursor = ?1, data = ?2, updated_at = ?3 WHERE id = ?4",
-            )
-            .bind(cursor.0)
-            .bind(event.data_json().to_string())
-            .bind(to_ms(now))
-            .bind(prev.id.to_string())
-            .execute(&mut **tx)
-            .await
-            .context("collapsing into the unread notification")?;
-            let n = Notification {
-                cursor,
-                event,
-                updated_at: now,
-                ..prev
-            };
-            (n, AppendOutcome::Collapsed)
+    for chunk in users.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, last_cursor FROM user_cursors WHERE user_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for user in chunk {
+            list.push_bind(user.clone());
         }
-        None => {
-            let n = Notification {
-                id: Uuid::now_v7(),
-                cursor,
-                event: item.event,
-                created_at: now,
-                updated_at: now,
-                read: false,
-            };
-            sqlx::query(
-                "INSERT INTO notifications \
-                 (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            )
-            .bind(n.id.to_string())
-            .bind(user.as_str())
-            .bind(cursor.0)
-            .bind(n.event.kind().as_str())
-            .bind(n.event.data_json().to_string())
-            .bind(collapse_key)
-            .bind(to_ms(now))
-            .execute(&mut **tx)
-            .await
-            .context("inserting the notification")?;
-            (n, AppendOutcome::Created)
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut *tx).await? {
+            heads.insert(row.try_get("user_id")?, row.try_get("last_cursor")?);
         }
-    };
-
-    if let Some(key) = &item.idempotency_key {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, notification_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(user.as_str())
-        .bind(key.as_str())
-        .bind(notification.id.to_string())
-        .bind(to_ms(now))
-        .execute(&mut **tx)
-        .await
-        .context("recording the idempotency key")?;
     }
-    Ok(Appended {
-        user,
-        notification,
-        outcome,
-    })
+
+    // Every decision, in order, in memory.
+    let mut out = Vec::with_capacity(items.len());
+    let mut moved_heads: Vec<String> = Vec::new();
+    let mut moved: HashSet<String> = HashSet::new();
+    let mut new_keys: Vec<(String, String, Uuid)> = Vec::new();
+    for item in items {
+        let user_key = item.user.to_string();
+        let idem = item
+            .idempotency_key
+            .as_ref()
+            .map(|k| (user_key.clone(), k.to_string()));
+        if let Some(id) = idem.as_ref().and_then(|k| seen_keys.get(k)) {
+            let row = rows
+                .get(id)
+                .context("idempotency key points at a missing notification")?;
+            out.push(Appended {
+                user: item.user.clone(),
+                notification: row.notification.clone(),
+                outcome: AppendOutcome::Duplicate,
+            });
+            continue;
+        }
+        if moved.insert(user_key.clone()) {
+            moved_heads.push(user_key.clone());
+        }
+        let head = heads.entry(user_key.clone()).or_insert(0);
+        *head += 1;
+        let cursor = Cursor(*head);
+        let collapse_key = item.event.collapse_key();
+        let target = collapse_key
+            .as_ref()
+            .and_then(|k| open.get(&(user_key.clone(), k.clone())));
+        let (notification, outcome) = match target.and_then(|id| rows.get_mut(id)) {
+            Some(row) => {
+                let previous = row.notification.event.clone();
+                row.notification.event = item.event.clone().collapse_onto(previous);
+                row.notification.cursor = cursor;
+                row.notification.updated_at = now;
+                row.changed = true;
+                (row.notification.clone(), AppendOutcome::Collapsed)
+            }
+            None => {
+                let n = Notification {
+                    id: Uuid::now_v7(),
+                    cursor,
+                    event: item.event.clone(),
+                    created_at: now,
+                    updated_at: now,
+                    read: false,
+                };
+                if let Some(key) = &collapse_key {
+                    open.insert((user_key.clone(), key.clone()), n.id);
+                }
+                let row = Touched {
+                    user: item.user.clone(),
+                    notification: n.clone(),
+                    collapse_key,
+                    is_new: true,
+                    changed: true,
+                };
+                rows.insert(n.id, row);
+                (n, AppendOutcome::Created)
+            }
+        };
+        if let Some((user, key)) = idem {
+            seen_keys.insert((user.clone(), key.clone()), notification.id);
+            new_keys.push((user, key, notification.id));
+        }
+        out.push(Appended {
+            user: item.user.clone(),
+            notification,
+            outcome,
+        });
+    }
+
+    // Writes: new rows, moved rows, heads, keys.
+    let changed: Vec<&Touched> = rows.values().filter(|r| r.changed).collect();
+    let new_rows: Vec<&&Touched> = changed.iter().filter(|r| r.is_new).collect();
+    for chunk in new_rows.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO notifications \
+             (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) ",
+        );
+        qb.push_values(chunk, |mut b, row| {
+            let n = &row.notification;
+            b.push_bind(n.id.to_string())
+                .push_bind(row.user.to_string())
+                .push_bind(n.cursor.0)
+                .push_bind(n.event.kind().as_str())
+                .push_bind(n.event.data_json().to_string())
+                .push_bind(row.collapse_key.clone())
+                .push_bind(to_ms(n.created_at))
+                .push_bind(to_ms(n.updated_at));
+        });
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .context("inserting notifications")?;
+    }
+    for row in changed.iter().filter(|r| !r.is_new) {
+        sqlx::query(
+            "UPDATE notifications SET cursor = ?1, data = ?2, updated_at = ?3 WHERE id = ?4",
+        )
+        .bind(row.notification.cursor.0)
+        .bind(row.notification.event.data_json().to_string())
+        .bind(to_ms(now))
+        .bind(row.notification.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .context("collapsing into an unread notification")?;
+    }
+    for chunk in moved_heads.chunks(ROWS_PER_STATEMENT) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO user_cursors (user_id, last_cursor) ");
+        qb.push_values(chunk, |mut b, user| {
+            b.push_bind(user.clone())
+                .push_bind(heads.get(user).copied().unwrap_or(0));
+        });
+        qb.push(" ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor");
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .context("moving the users' cursors")?;
+    }
+    for chunk in new_keys.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO idempotency_keys (user_id, key, notification_id, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, (user, key, id)| {
+            b.push_bind(user.clone())
+                .push_bind(key.clone())
+                .push_bind(id.to_string())
+                .push_bind(to_ms(now));
+        });
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .context("recording idempotency keys")?;
+    }
+    tx.commit().await.context("commit append")?;
+    Ok(out)
+}
+
+/// One `append` call waiting for the writer.
+struct WriteJob {
+    batch: Vec<NewEvent>,
+    reply: oneshot::Sender<anyhow::Result<Vec<Appended>>>,
+}
+
+/// Group commit: takes every append waiting (up to [`MAX_GROUP_EVENTS`] events) into one
+/// transaction, so a burst of concurrent requests costs one commit and a few statements. If a
+/// group fails, each of its appends is retried alone, so one bad request cannot fail others.
+async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        let mut events = group[0].batch.len();
+        while events < MAX_GROUP_EVENTS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    events += job.batch.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let items: Vec<&NewEvent> = group.iter().flat_map(|j| j.batch.iter()).collect();
+        match append_group(&pool, &items).await {
+            Ok(mut results) => {
+                for job in group.into_iter().rev() {
+                    let mine = results.split_off(results.len() - job.batch.len());
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(error) if group.len() == 1 => {
+                if let Some(job) = group.pop() {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+            Err(_) => {
+                for job in group {
+                    let items: Vec<&NewEvent> = job.batch.iter().collect();
+                    let result = append_group(&pool, &items).await;
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .context("begin append")?;
-        // Millisecond precision, as stored: live frames and replays carry the same timestamps.
-        let now = from_ms(to_ms(Utc::now()));
-        let mut out = Vec::with_capacity(batch.len());
-        for item in batch {
-            out.push(append_one(&mut tx, item, now).await?);
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.context("commit append")?;
-        Ok(out)
+        let (reply, result) = oneshot::channel();
+        self.writes
+            .send(WriteJob { batch, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
+        result
+            .await
+            .context("the store writer dropped the request")?
     }
 
     async fn events_after(
