@@ -413,4 +413,174 @@ mod tests {
         let _ = o.poll_frame(&mut cx);
         assert_eq!(o.poll_room(&mut cx), Poll::Ready(()));
     }
+
+    /// A model of one user's stream: the store commits cursors in order, live deliveries arrive
+    /// in any order (several workers), store reads and their results are separate steps (reads are
+    /// async), the client reads at its own pace and reconnects with its last id whenever it likes
+    /// or its queue overflows. Whatever the interleaving, the client sees every cursor exactly
+    /// once, in order.
+    mod model {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Commit,
+            Deliver(usize),
+            Read,
+            Apply,
+            Drain(usize),
+            Reconnect,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Commit),
+                4 => any::<usize>().prop_map(Op::Deliver),
+                2 => Just(Op::Read),
+                2 => Just(Op::Apply),
+                3 => (1usize..6).prop_map(Op::Drain),
+                1 => Just(Op::Reconnect),
+            ]
+        }
+
+        struct Sim {
+            capacity: usize,
+            page: usize,
+            committed: i64,
+            in_flight: Vec<i64>,
+            outbox: Outbox,
+            started: bool,
+            resume: i64,
+            catch_up: bool,
+            snapshot: Option<(Vec<i64>, bool)>,
+            received: Vec<i64>,
+        }
+
+        impl Sim {
+            fn new(capacity: usize, page: usize) -> Self {
+                Sim {
+                    capacity,
+                    page,
+                    committed: 0,
+                    in_flight: Vec::new(),
+                    outbox: Outbox::new(capacity, frame("retry")),
+                    started: false,
+                    resume: 0,
+                    catch_up: true,
+                    snapshot: None,
+                    received: Vec::new(),
+                }
+            }
+
+            fn reconnect(&mut self) {
+                self.outbox = Outbox::new(self.capacity, frame("retry"));
+                self.started = false;
+                self.resume = self.received.last().copied().unwrap_or(0);
+                self.catch_up = true;
+                self.snapshot = None;
+            }
+
+            fn step(&mut self, op: Op) {
+                match op {
+                    Op::Commit => {
+                        self.committed += 1;
+                        self.in_flight.push(self.committed);
+                    }
+                    Op::Deliver(i) if !self.in_flight.is_empty() => {
+                        let cursor = self.in_flight.remove(i % self.in_flight.len());
+                        match self
+                            .outbox
+                            .offer_user(Cursor(cursor), frame(&cursor.to_string()))
+                        {
+                            Offer::NeedsCatchUp => self.catch_up = true,
+                            Offer::Full => self.reconnect(),
+                            _ => {}
+                        }
+                    }
+                    Op::Deliver(_) => {}
+                    Op::Read if self.catch_up && self.snapshot.is_none() => {
+                        if !self.started {
+                            self.outbox
+                                .start_from(Cursor(self.resume.min(self.committed)));
+                            self.started = true;
+                        }
+                        let room = self.outbox.room().min(self.page);
+                        let from = self.outbox.last().0 + 1;
+                        let read: Vec<i64> = (from..=self.committed).take(room).collect();
+                        let complete = read.len() < room;
+                        self.snapshot = Some((read, complete));
+                    }
+                    Op::Read => {}
+                    Op::Apply => {
+                        let Some((read, complete)) = self.snapshot.take() else {
+                            return;
+                        };
+                        for cursor in read {
+                            let f = frame(&cursor.to_string());
+                            if self.outbox.push_replayed(Cursor(cursor), f) == Offer::Full {
+                                return self.reconnect();
+                            }
+                        }
+                        if complete {
+                            match self.outbox.release_held() {
+                                Release::Live => self.catch_up = false,
+                                Release::ReadAgain => {}
+                                Release::Full => self.reconnect(),
+                            }
+                        }
+                    }
+                    Op::Drain(n) => {
+                        let mut cx = Context::from_waker(Waker::noop());
+                        for _ in 0..n {
+                            match self.outbox.poll_frame(&mut cx) {
+                                Poll::Ready(Some(f)) => {
+                                    if let Ok(c) = std::str::from_utf8(&f).unwrap().parse() {
+                                        self.received.push(c);
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    Op::Reconnect => self.reconnect(),
+                }
+            }
+
+            /// Lets everything in flight land and the client read to the end.
+            fn settle(&mut self) {
+                while !self.in_flight.is_empty() {
+                    self.step(Op::Deliver(0));
+                }
+                for _ in 0..10_000 {
+                    if !self.catch_up && self.outbox.queued() == 0 {
+                        return;
+                    }
+                    self.step(Op::Read);
+                    self.step(Op::Apply);
+                    self.step(Op::Drain(self.capacity));
+                }
+                panic!("the stream did not settle");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn every_cursor_arrives_once_in_order_across_races_and_reconnects(
+                capacity in 4usize..12,
+                page in 1usize..6,
+                ops in proptest::collection::vec(op(), 0..200),
+            ) {
+                let mut sim = Sim::new(capacity, page);
+                for op in ops {
+                    sim.step(op);
+                }
+                sim.settle();
+                let expected: Vec<i64> = (1..=sim.committed).collect();
+                prop_assert_eq!(&sim.received, &expected);
+            }
+        }
+    }
 }
