@@ -61,6 +61,9 @@ pub struct LimitSettings {
     pub max_batch: usize,
     pub max_read_ids: usize,
     pub max_page: u32,
+    pub user_requests_per_sec: u32,
+    pub user_request_burst: u32,
+    pub idempotency_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,6 +20,7 @@ pub enum ErrorKind {
     NotFound,
     MethodNotAllowed,
     TooManySessions,
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -40,6 +41,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::TooManySessions => "too_many_sessions",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }
@@ -59,7 +61,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::TooManySessions | ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +73,8 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    retry_after: Option<std::time::Duration>,
     #[source]
     cause: Option<anyhow::Error>,
 }
@@ -80,8 +84,15 @@ impl ApiError {
         ApiError {
             kind,
             message: message.into(),
+            retry_after: None,
             cause: None,
         }
+    }
+
+    /// Adds a `Retry-After` header to the response.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -97,6 +108,7 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::Internal,
             message: "internal error".into(),
+            retry_after: None,
             cause: Some(cause),
         }
     }
@@ -126,6 +138,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if self.kind == ErrorKind::Unauthorized {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.insert_header(("Retry-After", secs.max(1).to_string()));
         }
         response.json(ErrorBody {
             error: self.kind.as_str(),

@@ -16,6 +16,7 @@ use tracing_actix_web::TracingLogger;
 use crate::actors::{Hub, HubSet, Registry, SessionLimiter};
 use crate::config::Settings;
 use crate::error::extractors;
+use crate::http::limits::RateLimiter;
 use crate::http::{self, AppState, WorkerHub, auth::Authenticator};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
@@ -50,6 +51,10 @@ impl Application {
         let store = store::connect(&settings.database.url, settings.database.max_connections)
             .await
             .context("opening the store")?;
+        spawn_janitor(
+            store.clone(),
+            Duration::from_secs(settings.limits.idempotency_ttl_secs),
+        );
         let metrics = Arc::new(Metrics::default());
         let hubs = Arc::new(HubSet::default());
         let frames = StaticFrames::new(Duration::from_millis(settings.sse.retry_ms))?;
@@ -63,6 +68,10 @@ impl Application {
             auth: Authenticator::new(&secrets),
             notifier: Notifier::new(store.clone(), hubs.clone(), metrics.clone()),
             limiter: SessionLimiter::new(settings.sse.max_sessions_per_user),
+            rate_limiter: RateLimiter::new(
+                settings.limits.user_requests_per_sec,
+                settings.limits.user_request_burst,
+            ),
             secrets,
             store,
             metrics: metrics.clone(),
@@ -134,6 +143,25 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// How often expired idempotency keys are deleted.
+const JANITOR_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes idempotency keys older than `ttl`, now and every [`JANITOR_EVERY`].
+fn spawn_janitor(store: Arc<dyn store::Store>, ttl: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(JANITOR_EVERY);
+        loop {
+            tick.tick().await;
+            let before = chrono::Utc::now() - ttl;
+            match store.expire_idempotency_keys(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
+                Err(error) => tracing::warn!(error = ?error, "expiring idempotency keys failed"),
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -299,3 +299,32 @@ async fn one_batch_collapses_and_deduplicates_within_itself() {
         assert_eq!(store.head(&user("ana")).await.unwrap(), Cursor(4), "{name}");
     }
 }
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_forgotten() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let mut keyed = like("ana", "p1", "bob");
+        keyed.idempotency_key = Some(IdempotencyKey::parse("k").unwrap());
+        store.append(vec![keyed.clone()]).await.unwrap();
+        let past = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(
+            store.expire_idempotency_keys(past).await.unwrap(),
+            0,
+            "{name}: fresh keys stay"
+        );
+        let future = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(
+            store.expire_idempotency_keys(future).await.unwrap(),
+            1,
+            "{name}"
+        );
+        keyed.event = Event::PostLiked(PostLiked::new(PostId::parse("p2").unwrap(), user("bob")));
+        let again = store.append(vec![keyed]).await.unwrap().remove(0);
+        assert_eq!(
+            again.outcome,
+            AppendOutcome::Created,
+            "{name}: the key is free again"
+        );
+    }
+}

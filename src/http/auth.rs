@@ -122,7 +122,7 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("app state missing")))
 }
 
-/// An authenticated climber.
+/// An authenticated climber, within their request rate limit.
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub UserId);
 
@@ -137,7 +137,19 @@ impl FromRequest for AuthUser {
                     "missing token: send Authorization: Bearer, the belay_token cookie or access_token",
                 )
             })?;
-            Ok(AuthUser(state(req)?.auth.verify(&token)?))
+            let state = state(req)?;
+            let user = state.auth.verify(&token)?;
+            state
+                .rate_limiter
+                .check(&user, std::time::Instant::now())
+                .map_err(|wait| {
+                    ApiError::new(
+                        crate::error::ErrorKind::RateLimited,
+                        format!("too many requests; retry in {} ms", wait.as_millis().max(1)),
+                    )
+                    .retry_after(wait)
+                })?;
+            Ok(AuthUser(user))
         })())
     }
 }

@@ -6,6 +6,7 @@ pub mod dev;
 pub mod events;
 pub mod health;
 pub mod host;
+pub mod limits;
 pub mod notifications;
 
 use std::cell::RefCell;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub notifier: Notifier,
     pub auth: auth::Authenticator,
     pub limiter: SessionLimiter,
+    pub rate_limiter: limits::RateLimiter,
     pub metrics: Arc<Metrics>,
     pub frames: StaticFrames,
 }

@@ -6,6 +6,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{Cursor, Event, IdempotencyKey, Notification, UserId};
@@ -92,6 +93,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks notifications of `user` read; returns how many changed.
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64>;
+
+    /// Forgets idempotency keys recorded before `before`; returns how many.
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64>;
 
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> anyhow::Result<()>;

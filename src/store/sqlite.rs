@@ -568,6 +568,15 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
+        let result = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .bind(to_ms(before))
+            .execute(&self.writer)
+            .await
+            .context("expiring idempotency keys")?;
+        Ok(result.rows_affected())
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)

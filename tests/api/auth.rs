@@ -109,3 +109,36 @@ async fn a_dev_token_is_a_token_for_that_user() {
         .unwrap();
     assert_error(bad, StatusCode::BAD_REQUEST, "invalid_request").await;
 }
+
+#[actix_web::test]
+async fn requests_beyond_the_per_user_rate_get_429_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.limits.user_requests_per_sec = 1;
+        s.limits.user_request_burst = 3;
+    })
+    .await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.get_as(&ana, "/v1/notifications").await.status(),
+            StatusCode::OK
+        );
+    }
+    let limited = app.get_as(&ana, "/v1/notifications").await;
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let stream = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .unwrap();
+    assert_error(stream, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(
+        app.get_as(&bob, "/v1/notifications").await.status(),
+        StatusCode::OK,
+        "per user"
+    );
+}

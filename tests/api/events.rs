@@ -323,7 +323,11 @@ async fn sessions_beyond_the_per_user_cap_get_429() {
 async fn closed_sessions_leave_the_registry_after_10k_connects_and_disconnects() {
     const CONNECTS: usize = 10_000;
     const PARALLEL: usize = 50;
-    let app = spawn_app_with(|s| s.sse.max_sessions_per_user = 1_000).await;
+    let app = spawn_app_with(|s| {
+        s.sse.max_sessions_per_user = 1_000;
+        s.limits.user_requests_per_sec = 0;
+    })
+    .await;
     let token = app.token("ana").await;
     let opened = futures_util::stream::iter(0..CONNECTS)
         .map(|_| {
