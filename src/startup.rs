@@ -87,11 +87,11 @@ impl Application {
             // Runs once on each worker thread: that worker's registry and hub.
             let registry = Rc::new(RefCell::new(Registry::new(metrics.clone())));
             let hub = Hub::new(registry.clone(), heartbeat, frames.heartbeat.clone()).start();
-            worker_hubs.add(hub.clone());
+            worker_hubs.add(hub);
             App::new()
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(state.clone())
-                .app_data(web::Data::new(WorkerHub { registry, hub }))
+                .app_data(web::Data::new(WorkerHub { registry }))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(body_limit)

@@ -79,17 +79,20 @@ where
     item.map(|r| r.expect("stream error"))
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn like(client: &reqwest::Client, base: &str, key: &str, post: &str) -> Value {
-    client
-        .post(format!("{base}/v1/notify"))
-        .header("X-Api-Key", key)
-        .json(&json!({"user_id": "ana", "kind": "post_liked", "data": {"post_id": post, "by": "bob"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let body =
+        json!({"user_id": "ana", "kind": "post_liked", "data": {"post_id": post, "by": "bob"}});
+    json_of(
+        client
+            .post(format!("{base}/v1/notify"))
+            .header("X-Api-Key", key)
+            .json(&body),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -105,25 +108,19 @@ async fn the_binary_runs_from_an_empty_folder_stops_on_sigterm_and_restarts_with
         "SQLite file under ./data"
     );
 
-    let token: Value = client
-        .post(format!("{base}/v1/dev/token"))
-        .json(&json!({"user_id": "ana"}))
-        .send()
-        .await
+    let token = json_of(
+        client
+            .post(format!("{base}/v1/dev/token"))
+            .json(&json!({"user_id": "ana"})),
+    )
+    .await["token"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_owned();
-    let key: Value = client
-        .get(format!("{base}/v1/dev/config"))
-        .send()
-        .await
+        .to_owned();
+    let key = json_of(client.get(format!("{base}/v1/dev/config"))).await["api_key"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = key["api_key"].as_str().unwrap().to_owned();
+        .to_owned();
 
     let response = client
         .get(format!("{base}/v1/events"))

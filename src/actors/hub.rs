@@ -85,14 +85,6 @@ impl Registry {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_user.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_user.is_empty()
-    }
-
     fn deliver(&mut self, delivery: &Delivery) {
         let mut queued = 0;
         match &delivery.target {

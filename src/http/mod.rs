@@ -13,10 +13,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::{HttpResponse, Route, web};
 
-use crate::actors::{Hub, Registry, SessionLimiter};
+use crate::actors::{Registry, SessionLimiter};
 use crate::config::{Secrets, Settings};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -37,10 +36,9 @@ pub struct AppState {
     pub frames: StaticFrames,
 }
 
-/// One per worker thread: the registry its sessions join and the hub that serves it.
+/// One per worker thread: the registry its sessions join (served by that worker's `Hub`).
 pub struct WorkerHub {
     pub registry: Rc<RefCell<Registry>>,
-    pub hub: Addr<Hub>,
 }
 
 const DEMO_PAGE: &str = include_str!("../../static/index.html");

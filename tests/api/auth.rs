@@ -128,13 +128,7 @@ async fn requests_beyond_the_per_user_rate_get_429_with_retry_after() {
     let limited = app.get_as(&ana, "/v1/notifications").await;
     assert_eq!(limited.headers()["retry-after"], "1");
     assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    let stream = app
-        .client
-        .get(app.url("/v1/events"))
-        .bearer_auth(&ana)
-        .send()
-        .await
-        .unwrap();
+    let stream = app.events_response(&ana).await;
     assert_error(stream, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(
         app.get_as(&bob, "/v1/notifications").await.status(),

@@ -304,13 +304,7 @@ async fn sessions_beyond_the_per_user_cap_get_429() {
     let token = app.token("ana").await;
     let _a = app.open_stream(&token, None).await;
     let _b = app.open_stream(&token, None).await;
-    let third = app
-        .client
-        .get(app.url("/v1/events"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let third = app.events_response(&token).await;
     assert_error(third, StatusCode::TOO_MANY_REQUESTS, "too_many_sessions").await;
     let other = app.token("bob").await;
     let _c = app.open_stream(&other, None).await;
@@ -353,13 +347,7 @@ async fn closed_sessions_leave_the_registry_after_10k_connects_and_disconnects()
 async fn idle_streams_get_heartbeat_comments() {
     let app = spawn_app_with(|s| s.sse.heartbeat_secs = 1).await;
     let token = app.token("ana").await;
-    let response = app
-        .client
-        .get(app.url("/v1/events"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.events_response(&token).await;
     let mut body = response.bytes_stream();
     let mut seen = String::new();
     let found = tokio::time::timeout(WAIT, async {

@@ -102,6 +102,11 @@ impl TestApp {
         response.json::<Value>().await.expect("notify json")["results"][0].clone()
     }
 
+    /// `GET /v1/events` as a plain response, for checking refusals or reading raw bytes.
+    pub async fn events_response(&self, token: &str) -> Response {
+        self.get_as(token, "/v1/events").await
+    }
+
     pub async fn get_as(&self, token: &str, path: &str) -> Response {
         self.client
             .get(self.url(path))
