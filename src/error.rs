@@ -120,9 +120,13 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every 4xx and 5xx response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// The error kind, e.g. `invalid_request`; stable, for programs.
+    #[schema(example = "invalid_request")]
     error: &'a str,
+    /// What went wrong, for people.
     message: &'a str,
 }
 

@@ -35,10 +35,10 @@ fn start(dir: &Path, port: u16) -> Child {
 async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "belay did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;

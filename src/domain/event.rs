@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::ids::{Cursor, PostId, RouteId, UserId};
@@ -15,7 +16,7 @@ pub const MAX_GRADE_CHARS: usize = 8;
 pub const MAX_LIKERS_KEPT: usize = 10;
 
 /// Climbing disciplines, each with its own queue and leaderboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Discipline {
     Boulder,
@@ -24,7 +25,7 @@ pub enum Discipline {
 }
 
 /// Why a match ended before it was confirmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     /// The receiver cancelled it themself.
@@ -36,7 +37,7 @@ pub enum CancelReason {
 }
 
 /// A best performance: a grade (boulder, lead) or a time (speed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Performance {
     Grade(String),
@@ -44,7 +45,7 @@ pub enum Performance {
 }
 
 /// Every event Belay sends. Serialized as `{"kind": "...", "data": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Event {
     // matching
@@ -101,14 +102,20 @@ pub enum Event {
     PersonalRecord {
         discipline: Discipline,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         grade: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         time_ms: Option<u64>,
+        // Always sent, null before the first record.
+        #[schema(required = true)]
         previous: Option<Performance>,
     },
     // ranking
     RankChanged {
         discipline: Discipline,
+        // Always sent, null when the user was not ranked before.
+        #[schema(required = true)]
         old_rank: Option<u32>,
         new_rank: u32,
         rating: f64,
@@ -118,18 +125,23 @@ pub enum Event {
 }
 
 /// `post_liked`: collapses per post while unread ("ana and 3 others liked your post").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PostLiked {
     pub post_id: PostId,
     /// The latest liker.
     pub by: UserId,
+    // Serde's defaults below only apply when reading; these fields are always sent.
     /// Most recent distinct likers first, at most [`MAX_LIKERS_KEPT`].
     #[serde(default)]
+    #[schema(required = true)]
     pub likers: Vec<UserId>,
     /// Distinct likers since the notification was created.
     #[serde(default = "one")]
+    #[schema(required = true)]
     pub count: u32,
+    /// What to show, e.g. "cy and 1 other liked your post".
     #[serde(default)]
+    #[schema(required = true)]
     pub text: String,
 }
 
@@ -186,11 +198,13 @@ impl PostLiked {
 }
 
 /// `unread`: sent first on every connect, and again when the count changes by a read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UnreadSummary {
     pub count: u64,
     /// Newest unread notifications, on connect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A notification can hold an `unread` event: collecting schemas must stop here.
+    #[schema(no_recursion, nullable = false)]
     pub latest: Option<Vec<Notification>>,
 }
 
@@ -384,7 +398,7 @@ impl Event {
 
 /// A user-targeted event as stored and as delivered: the SSE `data` of a user event and an item
 /// of `GET /v1/notifications`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Notification {
     pub id: Uuid,
     pub cursor: Cursor,
@@ -396,7 +410,7 @@ pub struct Notification {
 }
 
 /// An event for every connected user; not stored, so it carries no cursor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Broadcast {
     #[serde(flatten)]
     pub event: Event,

@@ -3,13 +3,32 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// Longest accepted user, post or route id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// Punctuation allowed in ids besides ASCII letters and digits; `-` last, so that it is literal
+/// in the schema's character class.
+const ID_PUNCTUATION: &str = "_.@:-";
+
 /// Characters allowed in ids: enough for usernames, e-mails and UUIDs, nothing that needs escaping.
 fn valid_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':')
+    c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(c)
+}
+
+/// The OpenAPI schema of every id type, built from the same limits as [`check_id`].
+fn id_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .pattern(Some(format!("^[A-Za-z0-9{ID_PUNCTUATION}]+$")))
+        .description(Some(format!(
+            "1 to {MAX_ID_LEN} bytes of ASCII letters, digits and `{ID_PUNCTUATION}`"
+        )))
+        .into()
 }
 
 fn check_id(what: &str, raw: &str) -> Result<(), String> {
@@ -53,6 +72,14 @@ macro_rules! id_type {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                id_schema()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let raw = String::deserialize(d)?;
@@ -84,8 +111,21 @@ id_type!(
 );
 
 /// Position of an event in one user's stream; the SSE `id`. Starts at 1 and only grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(minimum = 0)]
 pub struct Cursor(pub i64);
 
 impl Cursor {

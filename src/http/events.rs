@@ -8,16 +8,21 @@ use actix::Actor;
 use actix_web::http::header::{CacheControl, CacheDirective, ContentEncoding};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{AppState, WorkerHub, auth::AuthUser};
 use crate::actors::SessionActor;
 use crate::actors::session::SessionSetup;
 use crate::domain::Cursor;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::sse::{Outbox, SessionBody};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Resume after this cursor, for clients that cannot set headers; the `Last-Event-ID`
+    /// header wins when both are sent.
+    #[param(value_type = Option<Cursor>)]
     last_event_id: Option<String>,
 }
 
@@ -37,6 +42,52 @@ fn resume_cursor(req: &HttpRequest, query: &EventsQuery) -> Result<Option<Cursor
     }
 }
 
+/// The user's live stream of Server-Sent Events.
+///
+/// Frames, in this order:
+///
+/// - `retry: <sse.retry_ms>`: the reconnect hint, first.
+/// - `event: unread`, `data:` an `UnreadSummary` with `latest` (the newest unread
+///   notifications): always next, no `id`.
+/// - Missed events after `Last-Event-ID` (or `last_event_id`), oldest first, then live ones:
+///   `id: <cursor>`, `event: <kind>`, `data:` a `Notification`. The `id` is the user's cursor,
+///   which is what an `EventSource` sends back as `Last-Event-ID` when it reconnects. A collapsed
+///   `post_liked` arrives again under a new cursor with the same notification `id`: replace by
+///   `id`.
+/// - `event: <kind>`, `data:` a `Broadcast`: sent to every connected user, not stored, no `id`.
+/// - `event: unread`, `data:` an `UnreadSummary` without `latest`: when a read changed the count.
+/// - `: heartbeat`: a comment every `sse.heartbeat_secs` (15 s by default) on an idle stream.
+///
+/// Every event arrives once and in cursor order. A client that does not read has its stream
+/// closed when its queue fills; it resumes with `Last-Event-ID` and misses nothing. A cursor
+/// beyond the user's newest event starts at the newest. Browsers may send the token as the
+/// `belay_token` cookie or the `access_token` query parameter, since `EventSource` cannot set
+/// headers.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "user",
+    operation_id = "events",
+    params(
+        ("Last-Event-ID" = Option<Cursor>, Header, nullable = false,
+            description = "Resume after this cursor: the `id` of the last event received"),
+        EventsQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stream, open until the client or the server ends it",
+            content_type = "text/event-stream", body = String),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_cursor`: `Last-Event-ID` (or `last_event_id`) is not a \
+                non-negative integer"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no valid token"),
+        (status = 429, body = ErrorBody, description = "`too_many_sessions`: the user already has \
+            `sse.max_sessions_per_user` streams (8 by default) on this node; `rate_limited`: over \
+            the per-user request rate (with `Retry-After`)",
+            headers(("Retry-After" = u64,
+                description = "With `rate_limited`: seconds until a request is allowed"))),
+    )
+)]
 pub async fn stream(
     req: HttpRequest,
     AuthUser(user): AuthUser,

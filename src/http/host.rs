@@ -3,22 +3,100 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::{AppState, auth::HostApp};
 use crate::domain::event::EventInputError;
 use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, UserId};
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::{AppendOutcome, NewEvent};
 
-#[derive(Deserialize)]
+/// One notification for one user.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NotifyItem {
+#[schema(example = json!({
+    "user_id": "ana",
+    "kind": "post_liked",
+    "data": {"post_id": "p1", "by": "bob"},
+    "idempotency_key": "like-1"
+}))]
+pub struct NotifyItem {
+    #[schema(value_type = UserId)]
     user_id: String,
+    #[schema(schema_with = notify_kinds)]
     kind: String,
+    /// The kind's fields; for `post_liked`: `{"post_id", "by"}`.
     #[serde(default)]
     data: Value,
+    /// Makes a retried request create nothing new: the same key returns the first result,
+    /// as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
+    #[schema(value_type = Option<IdempotencyKey>)]
     idempotency_key: Option<String>,
+}
+
+/// The names of the kinds that `allowed` admits, as a string enum.
+fn kinds_schema(allowed: fn(EventKind) -> bool, description: &str) -> Schema {
+    let names = EventKind::ALL
+        .into_iter()
+        .filter(|k| allowed(*k))
+        .map(EventKind::as_str);
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .description(Some(description))
+        .into()
+}
+
+fn notify_kinds() -> Schema {
+    kinds_schema(
+        EventKind::host_may_notify,
+        "A kind the host app may send to one user; the others are produced by Belay \
+         (`kind_not_allowed`).",
+    )
+}
+
+fn broadcast_kinds() -> Schema {
+    kinds_schema(
+        EventKind::host_may_broadcast,
+        "A kind the host app may broadcast; the others are refused (`kind_not_allowed`).",
+    )
+}
+
+/// The body of `POST /v1/notify`, as `parse_notify` reads it: one item, or a batch
+/// `{"events": [...]}` of 1 to `limits.max_batch` items (100 by default).
+pub struct NotifyRequest;
+
+impl PartialSchema for NotifyRequest {
+    fn schema() -> RefOr<Schema> {
+        let item = || Ref::from_schema_name(NotifyItem::name());
+        let batch = ObjectBuilder::new()
+            .property(
+                "events",
+                ArrayBuilder::new().items(item()).min_items(Some(1)),
+            )
+            .required("events")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(item())
+            .item(batch)
+            .description(Some(
+                "One item, or a batch `{\"events\": [...]}` of 1 to `limits.max_batch` items \
+                 (100 by default); every item is checked before anything is written.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for NotifyRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((NotifyItem::name().into_owned(), NotifyItem::schema()));
+        NotifyItem::schemas(schemas);
+    }
 }
 
 fn input_error(at: &str, e: EventInputError) -> ApiError {
@@ -92,19 +170,50 @@ fn parse_notify(body: Value, max_batch: usize) -> Result<Vec<NewEvent>, ApiError
     }
 }
 
-#[derive(Serialize)]
-struct NotifyResult {
+/// What became of one item.
+#[derive(Serialize, ToSchema)]
+pub struct NotifyResult {
+    /// The notification's id; a collapsed like keeps the id of the notification it joined.
     id: Uuid,
     user_id: UserId,
     cursor: Cursor,
     outcome: AppendOutcome,
 }
 
-#[derive(Serialize)]
-struct NotifyResponse {
+/// One result per item, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct NotifyResponse {
     results: Vec<NotifyResult>,
 }
 
+/// Sends notifications to users: stored, then delivered to their open streams.
+///
+/// The host app may send `post_liked` (data `{"post_id", "by"}`); it collapses per post while
+/// unread. The whole request is refused on the first bad item, and then nothing is written.
+#[utoipa::path(
+    post,
+    path = "/v1/notify",
+    tag = "host",
+    request_body = NotifyRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "At least one item was created or collapsed",
+            body = NotifyResponse),
+        (status = 200, description = "Every item was a duplicate: nothing was written",
+            body = NotifyResponse),
+        (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
+            `invalid_request`: not an item or a batch, a batch of the wrong size, a missing or \
+            unknown field, or an invalid `user_id` or `idempotency_key`; `unknown_kind`; \
+            `kind_not_allowed`: a kind produced by Belay; `invalid_data`: `data` does not fit \
+            the kind. Messages of batch items start with `events[<i>]: `."),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no `X-Api-Key` header"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the API key is not valid"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
+            `server.body_limit_bytes` (64 KiB by default)"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
+            `application/json`"),
+    )
+)]
 pub async fn notify(
     _: HostApp,
     body: web::Json<Value>,
@@ -130,14 +239,51 @@ pub async fn notify(
     Ok(response.json(NotifyResponse { results }))
 }
 
-#[derive(Deserialize)]
+/// An event for every connected user.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "kind": "new_post",
+    "data": {"post_id": "p7", "by": "cy", "title": "New boulder at the gym"}
+}))]
 pub struct BroadcastRequest {
+    #[schema(schema_with = broadcast_kinds)]
     kind: String,
+    /// The kind's fields; for `new_post`: `{"post_id", "by", "title"}`, a title of at most
+    /// 200 characters.
     #[serde(default)]
     data: Value,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct BroadcastResponse {
+    /// Always true: the event was handed to every worker's sessions.
+    accepted: bool,
+}
+
+/// Sends an event to every connected user.
+///
+/// Every stream open on this node gets it as a `Broadcast` frame. It is not stored: a user who
+/// is not connected never sees it.
+#[utoipa::path(
+    post,
+    path = "/v1/broadcast",
+    tag = "host",
+    request_body = BroadcastRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Sent to the connected users", body = BroadcastResponse),
+        (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
+            `invalid_request`: a missing or unknown field; `unknown_kind`; `kind_not_allowed`: a \
+            kind the host app may not broadcast; `invalid_data`: `data` does not fit the kind"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no `X-Api-Key` header"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the API key is not valid"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
+            `server.body_limit_bytes` (64 KiB by default)"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
+            `application/json`"),
+    )
+)]
 pub async fn broadcast(
     _: HostApp,
     body: web::Json<BroadcastRequest>,
@@ -147,5 +293,5 @@ pub async fn broadcast(
     let event = Event::from_host(&body.kind, body.data, EventKind::host_may_broadcast)
         .map_err(|e| input_error("", e))?;
     state.notifier.broadcast(event)?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": true })))
+    Ok(HttpResponse::Accepted().json(BroadcastResponse { accepted: true }))
 }

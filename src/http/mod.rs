@@ -8,6 +8,7 @@ pub mod health;
 pub mod host;
 pub mod limits;
 pub mod notifications;
+pub mod openapi;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -94,6 +95,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
         .service(resource("/healthz", web::get().to(health::healthz)))
         .service(resource("/readyz", web::get().to(health::readyz)))
         .service(resource("/metrics", web::get().to(health::metrics)))
+        .service(resource(
+            "/openapi.json",
+            web::get().to(openapi::openapi_json),
+        ))
         .service(v1)
         .default_service(web::to(not_found));
 }

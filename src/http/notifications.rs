@@ -2,30 +2,41 @@
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{AppState, auth::AuthUser};
 use crate::domain::{Cursor, Notification};
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::{ListQuery, Page, ReadSelector};
 
 /// Page size when `limit` is not given.
 const DEFAULT_PAGE: u32 = 50;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only unread notifications.
     #[serde(default)]
     unread: bool,
+    /// Oldest first, starting after this cursor.
+    #[param(value_type = Option<Cursor>)]
     after: Option<String>,
+    /// Newest first, starting below this cursor (the default: from the newest).
+    #[param(value_type = Option<Cursor>)]
     before: Option<String>,
+    /// Page size: 1 to `limits.max_page` (200 by default); 50 when left out.
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct ListResponse {
+#[derive(Serialize, ToSchema)]
+pub struct ListResponse {
     notifications: Vec<Notification>,
+    /// The user's unread notifications in all, not only on this page.
     unread: u64,
     /// Pass as `after` (or `before`, newest-first) for the next page; null at the end.
+    #[schema(required = true)]
     next: Option<Cursor>,
 }
 
@@ -37,6 +48,24 @@ fn cursor_param(name: &str, raw: Option<&str>) -> Result<Option<Cursor>, ApiErro
     .transpose()
 }
 
+/// The user's notifications, a page at a time: newest first, or oldest first after a cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "user",
+    operation_id = "list_notifications",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of notifications", body = ListResponse),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: `limit` out of range, \
+            both `after` and `before`, or a malformed query string; `invalid_cursor`: `after` or \
+            `before` is not a non-negative integer"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no valid token"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`: over the per-user request rate",
+            headers(("Retry-After" = u64, description = "Seconds until a request is allowed"))),
+    )
+)]
 pub async fn list(
     AuthUser(user): AuthUser,
     params: web::Query<ListParams>,
@@ -75,22 +104,52 @@ pub async fn list(
     }))
 }
 
-/// Exactly one of the three selectors.
-#[derive(Deserialize)]
+/// Exactly one of the three selectors: `{"ids":[...]}`, `{"up_to":<cursor>}` or `{"all":true}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"up_to": 7}))]
 pub struct ReadRequest {
+    /// These notifications: 1 to `limits.max_read_ids` ids (500 by default).
+    #[schema(min_items = 1)]
     ids: Option<Vec<Uuid>>,
+    /// Every notification up to and including this cursor.
     up_to: Option<Cursor>,
+    /// Every notification.
     #[serde(default)]
     all: bool,
 }
 
-#[derive(Serialize)]
-struct ReadResponse {
+#[derive(Serialize, ToSchema)]
+pub struct ReadResponse {
+    /// Notifications that were unread and are now read.
     updated: u64,
+    /// The user's unread notifications left.
     unread: u64,
 }
 
+/// Marks notifications read.
+///
+/// When any changed, every open stream of the user gets an `unread` frame with the new count.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/read",
+    tag = "user",
+    request_body = ReadRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What changed", body = ReadResponse),
+        (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
+            `invalid_request`: not exactly one selector, an empty or too long `ids`, a negative \
+            `up_to`, or an unknown field or one of the wrong type"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no valid token"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
+            `server.body_limit_bytes` (64 KiB by default)"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
+            `application/json`"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`: over the per-user request rate",
+            headers(("Retry-After" = u64, description = "Seconds until a request is allowed"))),
+    )
+)]
 pub async fn mark_read(
     AuthUser(user): AuthUser,
     body: web::Json<ReadRequest>,

@@ -257,10 +257,10 @@ impl Outbox {
     /// The response body asks for the next frame; `None` ends the stream.
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(frame) = self.frames.pop_front() {
-            if self.frames.len() <= self.capacity / 2 {
-                if let Some(w) = self.writer.take() {
-                    w.wake();
-                }
+            if self.frames.len() <= self.capacity / 2
+                && let Some(w) = self.writer.take()
+            {
+                w.wake();
             }
             return Poll::Ready(Some(frame));
         }

@@ -22,7 +22,7 @@ pub struct NewEvent {
 }
 
 /// What `append` did with one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AppendOutcome {
     /// A new notification at a new cursor.

@@ -48,15 +48,13 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let in_memory = options.get_filename().as_os_str() == ":memory:";
-        if !in_memory {
-            if let Some(dir) = options
-                .get_filename()
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating database folder {}", dir.display()))?;
-            }
+        let folder = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty());
+        if !in_memory && let Some(dir) = folder {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating database folder {}", dir.display()))?;
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

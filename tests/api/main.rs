@@ -7,3 +7,4 @@ mod events;
 mod helpers;
 mod host;
 mod notifications;
+mod openapi;

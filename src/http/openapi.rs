@@ -1,0 +1,86 @@
+//! The OpenAPI 3.1 document of the HTTP surface, generated from the handlers' annotations and the
+//! types they send and receive, served at `GET /openapi.json`.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{auth, dev, events, health, host, notifications};
+use crate::domain::{Broadcast, Notification, UnreadSummary};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Belay",
+        description = "The real-time notification engine of a climbing app: Server-Sent Events \
+            streams for users, and a server-to-server API for the host app. Errors are \
+            `{\"error\", \"message\"}` with the status of the error kind. An unknown path gives \
+            404 `not_found`, another method on a known path 405 `method_not_allowed`."
+    ),
+    paths(
+        events::stream,
+        notifications::list,
+        notifications::mark_read,
+        host::notify,
+        host::broadcast,
+        dev::token,
+        dev::config,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        openapi_json,
+    ),
+    // The frames of `GET /v1/events`: no operation refers to them, so they are listed here.
+    components(schemas(Notification, UnreadSummary, Broadcast)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "user", description = "A climber, by JWT"),
+        (name = "host", description = "The host app, by API key"),
+        (name = "dev", description = "Only when `auth.dev_tokens = true`"),
+        (name = "ops", description = "Health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `bearer` for climbers, `api_key` for the host app: the names the operations refer to.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(format!(
+                        "A JWT signed HS256 with `auth.jwt_secret`, `sub` = user id, `exp` \
+                         required. Also accepted as the `{}` cookie or the `access_token` query \
+                         parameter, for EventSource.",
+                        auth::TOKEN_COOKIE
+                    )))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                auth::API_KEY_HEADER,
+                "The host app's key, `auth.api_key`",
+            ))),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
