@@ -1,6 +1,8 @@
 //! The OpenAPI 3.1 document of the HTTP surface, generated from the handlers' annotations and the
 //! types they send and receive, served at `GET /openapi.json`.
 
+use std::sync::OnceLock;
+
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -82,5 +84,8 @@ impl Modify for SecuritySchemes {
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    // Built once: the document is fixed for the life of the process.
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
+    HttpResponse::Ok().content_type("application/json").body(body.as_str())
 }
