@@ -30,6 +30,7 @@ pub struct ServerSettings {
     pub workers: usize,
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +92,8 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.cors_allowed_origins")
             .source(env);
         let settings: Settings = builder
             .add_source(environment)
@@ -127,12 +130,36 @@ impl Settings {
             self.limits.max_page >= 1,
             "limits.max_page must be at least 1"
         );
+        for origin in &self.server.cors_allowed_origins {
+            anyhow::ensure!(
+                valid_origin(origin),
+                "server.cors_allowed_origins: {origin:?} is not \"*\" or scheme://host[:port]"
+            );
+        }
         Ok(())
     }
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.sse.heartbeat_secs)
     }
+}
+
+/// `*`, or an origin as browsers send it: `http(s)://host[:port]`, no path.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains('/')
+        && origin
+            .parse::<actix_web::http::Uri>()
+            .is_ok_and(|u| u.host().is_some())
 }
 
 /// Secrets in force after the dev fallback: never empty.
@@ -232,6 +259,10 @@ mod tests {
             ("BELAY__AUTH__API_KEY".to_owned(), "k-123".to_owned()),
             ("BELAY__AUTH__JWT_SECRET".to_owned(), "12345".to_owned()),
             ("BELAY__SSE__HEARTBEAT_SECS".to_owned(), "5".to_owned()),
+            (
+                "BELAY__SERVER__CORS_ALLOWED_ORIGINS".to_owned(),
+                "https://app.example,http://localhost:3000".to_owned(),
+            ),
         ]);
         let s = Settings::load_with_env(None, Some(env)).unwrap();
         assert_eq!(s.server.port, 9000);
@@ -239,6 +270,23 @@ mod tests {
         assert_eq!(s.auth.api_key.expose_secret(), "k-123");
         assert_eq!(s.auth.jwt_secret.expose_secret(), "12345");
         assert_eq!(s.sse.heartbeat_secs, 5);
+        assert_eq!(
+            s.server.cors_allowed_origins,
+            ["https://app.example", "http://localhost:3000"]
+        );
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        for bad in ["app.example", "https://app.example/", "ftp://x", "https://"] {
+            let env = HashMap::from([(
+                "BELAY__SERVER__CORS_ALLOWED_ORIGINS".to_owned(),
+                bad.to_owned(),
+            )]);
+            assert!(Settings::load_with_env(None, Some(env)).is_err(), "{bad}");
+        }
+        assert!(valid_origin("*"));
+        assert!(valid_origin("https://app.example:8443"));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
+use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::Condition;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
@@ -81,6 +83,7 @@ impl Application {
         let body_limit = settings.server.body_limit_bytes;
         let dev_tokens = settings.auth.dev_tokens;
         let heartbeat = settings.heartbeat();
+        let origins = settings.server.cors_allowed_origins.clone();
         let worker_hubs = hubs.clone();
 
         let mut server = HttpServer::new(move || {
@@ -89,6 +92,7 @@ impl Application {
             let hub = Hub::new(registry.clone(), heartbeat, frames.heartbeat.clone()).start();
             worker_hubs.add(hub);
             App::new()
+                .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(state.clone())
                 .app_data(web::Data::new(WorkerHub { registry }))
@@ -143,6 +147,32 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// How long browsers may cache a CORS preflight answer, in seconds.
+const CORS_MAX_AGE_SECS: usize = 3600;
+
+/// Browser access from other origins: the user endpoints and streams (with cookies). The host
+/// API key is not an allowed header: host calls are server to server.
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers(["retry-after"])
+        .supports_credentials()
+        .max_age(CORS_MAX_AGE_SECS);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// How often expired idempotency keys are deleted.

@@ -87,5 +87,7 @@ pub async fn openapi_json() -> HttpResponse {
     // Built once: the document is fixed for the life of the process.
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     let body = DOCUMENT.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
-    HttpResponse::Ok().content_type("application/json").body(body.as_str())
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.as_str())
 }

@@ -136,3 +136,79 @@ async fn requests_beyond_the_per_user_rate_get_429_with_retry_after() {
         "per user"
     );
 }
+
+#[actix_web::test]
+async fn pages_of_allowed_origins_may_use_the_stream_from_the_browser() {
+    let app =
+        spawn_app_with(|s| s.server.cors_allowed_origins = vec!["https://app.example".into()])
+            .await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/notifications"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-credentials"],
+        "true"
+    );
+
+    let token = app.token("ana").await;
+    let stream = app
+        .client
+        .get(app.url("/v1/events"))
+        .header("Origin", "https://app.example")
+        .header("Cookie", format!("belay_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(
+        stream.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    let foreign = app
+        .client
+        .get(app.url("/v1/notifications"))
+        .header("Origin", "https://evil.example")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[actix_web::test]
+async fn without_configured_origins_no_cors_headers_are_sent() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let response = app
+        .client
+        .get(app.url("/v1/notifications"))
+        .header("Origin", "https://app.example")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
