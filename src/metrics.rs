@@ -11,6 +11,7 @@ pub struct Metrics {
     pub sessions_rejected: AtomicU64,
     pub sessions_closed_slow: AtomicU64,
     pub catch_ups: AtomicU64,
+    pub gaps: AtomicU64,
     pub events_created: AtomicU64,
     pub events_collapsed: AtomicU64,
     pub events_duplicate: AtomicU64,
@@ -24,7 +25,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -42,8 +43,13 @@ impl Metrics {
             ),
             (
                 "belay_catch_ups_total",
-                "Store reads by sessions that resumed or saw a gap",
+                "Catch-ups from the store: on connect, or after a gap the live frames did not fill",
                 &self.catch_ups,
+            ),
+            (
+                "belay_gaps_total",
+                "Out-of-order live frames that made a session wait for the missing one",
+                &self.gaps,
             ),
             (
                 "belay_events_created_total",

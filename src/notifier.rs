@@ -28,33 +28,12 @@ impl Notifier {
         }
     }
 
-    /// Stores a batch (all or nothing), then publishes what changed a user's stream.
+    /// Stores a batch (all or nothing), then publishes what changed a user's stream. Publishing
+    /// runs in the store's commit hook, so frames leave in commit order.
     pub async fn notify(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
-        let appended = self.store.append(batch).await?;
-        for item in &appended {
-            let counter = match item.outcome {
-                AppendOutcome::Created => &self.metrics.events_created,
-                AppendOutcome::Collapsed => &self.metrics.events_collapsed,
-                AppendOutcome::Duplicate => &self.metrics.events_duplicate,
-            };
-            Metrics::add(counter, 1);
-            if !item.outcome.is_new() {
-                continue;
-            }
-            // Stored already: a failed encode must not fail the request; sessions that miss
-            // the frame see the gap at the next event, and resumes read the store.
-            match frame::user_event(&item.notification) {
-                Ok(bytes) => self.hubs.publish(Delivery {
-                    target: Target::User {
-                        user: item.user.clone(),
-                        cursor: Some(item.notification.cursor),
-                    },
-                    frame: bytes,
-                }),
-                Err(error) => tracing::error!(error = ?error, "encoding a stored event"),
-            }
-        }
-        Ok(appended)
+        let (hubs, metrics) = (self.hubs.clone(), self.metrics.clone());
+        let publish = Box::new(move |appended: &[Appended]| publish(&hubs, &metrics, appended));
+        self.store.append_then(batch, publish).await
     }
 
     /// Sends an event to every connected user. Not stored: it has no cursor.
@@ -85,5 +64,31 @@ impl Notifier {
             frame: bytes,
         });
         Ok(())
+    }
+}
+
+fn publish(hubs: &HubSet, metrics: &Metrics, appended: &[Appended]) {
+    for item in appended {
+        let counter = match item.outcome {
+            AppendOutcome::Created => &metrics.events_created,
+            AppendOutcome::Collapsed => &metrics.events_collapsed,
+            AppendOutcome::Duplicate => &metrics.events_duplicate,
+        };
+        Metrics::add(counter, 1);
+        if !item.outcome.is_new() {
+            continue;
+        }
+        // Stored already: a failed encode must not fail the request; sessions that miss the
+        // frame see the gap at the next event, and resumes read the store.
+        match frame::user_event(&item.notification) {
+            Ok(bytes) => hubs.publish(Delivery {
+                target: Target::User {
+                    user: item.user.clone(),
+                    cursor: Some(item.notification.cursor),
+                },
+                frame: bytes,
+            }),
+            Err(error) => tracing::error!(error = ?error, "encoding a stored event"),
+        }
     }
 }

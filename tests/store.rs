@@ -328,3 +328,45 @@ async fn expired_idempotency_keys_are_forgotten() {
         );
     }
 }
+
+#[tokio::test]
+async fn commit_hooks_run_in_cursor_order_before_append_returns() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let appends = (0..40).map(|i| {
+            let (store, seen) = (store.clone(), seen.clone());
+            tokio::spawn(async move {
+                let batch = vec![
+                    like("ana", &format!("a{i}"), "x"),
+                    like("ana", &format!("b{i}"), "x"),
+                ];
+                let hook_seen = seen.clone();
+                let out = store
+                    .append_then(
+                        batch,
+                        Box::new(move |appended| {
+                            let mut seen = hook_seen.lock().unwrap();
+                            seen.extend(appended.iter().map(|a| a.notification.cursor.0));
+                        }),
+                    )
+                    .await
+                    .unwrap();
+                let seen = seen.lock().unwrap();
+                assert!(
+                    out.iter().all(|a| seen.contains(&a.notification.cursor.0)),
+                    "hook ran first"
+                );
+            })
+        });
+        for task in appends {
+            task.await.unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            (1..=80).collect::<Vec<_>>(),
+            "{name}: hooks saw every cursor in order"
+        );
+    }
+}

@@ -4,13 +4,13 @@
 //! fan-out uses every core with no lock per frame.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use bytes::Bytes;
 
 use super::session::{CatchUp, SessionActor, Stop};
@@ -85,23 +85,28 @@ impl Registry {
         }
     }
 
-    fn deliver(&mut self, delivery: &Delivery) {
+    /// Offers one delivery to its sessions; returns how many sessions it touched.
+    fn deliver(&mut self, delivery: &Delivery) -> usize {
+        let mut touched = 0;
         let mut queued = 0;
         match &delivery.target {
             Target::User { user, cursor } => {
                 if let Some(entries) = self.by_user.get(user) {
                     for entry in entries {
                         queued += self.offer(entry, *cursor, &delivery.frame);
+                        touched += 1;
                     }
                 }
             }
             Target::All => {
                 for entry in self.by_user.values().flatten() {
                     queued += self.offer(entry, None, &delivery.frame);
+                    touched += 1;
                 }
             }
         }
         Metrics::add(&self.metrics.frames_queued, queued);
+        touched
     }
 
     /// The per-session cost of a delivery: one push onto its outbox.
@@ -141,10 +146,19 @@ impl Registry {
     }
 }
 
+/// Sessions a hub offers frames to before it yields the thread, so that the connections it
+/// just filled get written before it goes on: a burst then reaches a reading client instead of
+/// overflowing its queue. A broadcast to many sessions is always one turn.
+const FANOUT_BUDGET: usize = 32;
+
 pub struct Hub {
     registry: Rc<RefCell<Registry>>,
     heartbeat_every: Duration,
     heartbeat: Bytes,
+    /// Deliveries received and not yet fanned out.
+    pending: VecDeque<Arc<Delivery>>,
+    /// A fan-out turn is scheduled.
+    scheduled: bool,
 }
 
 impl Hub {
@@ -157,6 +171,32 @@ impl Hub {
             registry,
             heartbeat_every,
             heartbeat,
+            pending: VecDeque::new(),
+            scheduled: false,
+        }
+    }
+
+    /// Runs a fan-out turn after the worker's other ready tasks (the HTTP connections).
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        self.scheduled = true;
+        ctx.spawn(
+            actix::fut::wrap_future(tokio::task::yield_now())
+                .map(|(), hub: &mut Hub, ctx| hub.fan_out(ctx)),
+        );
+    }
+
+    fn fan_out(&mut self, ctx: &mut Context<Self>) {
+        let mut touched = 0;
+        while touched < FANOUT_BUDGET {
+            let Some(delivery) = self.pending.pop_front() else {
+                break;
+            };
+            touched += self.registry.borrow_mut().deliver(&delivery).max(1);
+        }
+        if self.pending.is_empty() {
+            self.scheduled = false;
+        } else {
+            self.schedule(ctx);
         }
     }
 }
@@ -175,8 +215,12 @@ impl Actor for Hub {
 impl Handler<Deliver> for Hub {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
-        self.registry.borrow_mut().deliver(&msg.0);
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        // actix runs every queued message in one go; fan-out happens in turns instead.
+        self.pending.push_back(msg.0);
+        if !self.scheduled {
+            self.schedule(ctx);
+        }
     }
 }
 

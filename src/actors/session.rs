@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Running,
@@ -18,6 +19,10 @@ use crate::domain::{Cursor, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::{Offer, Outbox, Release, frame};
 use crate::store::{ListQuery, Page, Store};
+
+/// How long a gap in a user's cursors may wait for the missing live frame before the session
+/// reads the store instead.
+const GAP_GRACE: Duration = Duration::from_millis(5);
 
 /// Newest unread notifications sent in the `unread` summary on connect.
 pub const UNREAD_LATEST: u32 = 10;
@@ -140,9 +145,24 @@ impl Handler<CatchUp> for SessionActor {
 
     fn handle(&mut self, _: CatchUp, ctx: &mut Self::Context) {
         // A running catch-up releases whatever is held when it ends.
-        if !self.catch_up_running {
-            self.spawn_catch_up(ctx, false);
+        if self.catch_up_running {
+            return;
         }
+        // A gap is nearly always an event still in flight from another worker: give it a moment
+        // to arrive before reading the store.
+        self.catch_up_running = true;
+        Metrics::add(&self.metrics.gaps, 1);
+        ctx.run_later(GAP_GRACE, |act, ctx| {
+            let release = act.outbox.borrow_mut().release_held();
+            match release {
+                Release::Live => act.catch_up_running = false,
+                Release::ReadAgain => act.spawn_catch_up(ctx, false),
+                Release::Full => {
+                    Metrics::add(&act.metrics.sessions_closed_slow, 1);
+                    ctx.stop();
+                }
+            }
+        });
     }
 }
 

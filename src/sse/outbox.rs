@@ -57,6 +57,9 @@ pub struct Outbox {
     frames: VecDeque<Bytes>,
     capacity: usize,
     held: Vec<Held>,
+    /// Highest cursor of a user frame dropped during a catch-up because `held` was full: the
+    /// catch-up must read the store at least up to it.
+    dropped: Cursor,
     catching_up: bool,
     /// Cursor of the last user event queued (or known to the client).
     last: Cursor,
@@ -77,6 +80,7 @@ impl Outbox {
             frames,
             capacity,
             held: Vec::new(),
+            dropped: Cursor::ZERO,
             catching_up: true,
             last: Cursor::ZERO,
             state: State::Open,
@@ -117,9 +121,18 @@ impl Outbox {
         Offer::Queued
     }
 
+    /// Keeps a frame until the catch-up ends. When too many are held, a user frame is dropped
+    /// instead: it is in the store, and the catch-up reads on until it has passed it. A frame
+    /// without cursor cannot be read back, so for it a full hold means closing.
     fn hold(&mut self, held: Held) -> Offer {
         if self.held.len() >= self.capacity {
-            return Offer::Full;
+            return match held {
+                Held::User(cursor, _) => {
+                    self.dropped = self.dropped.max(cursor);
+                    Offer::Held
+                }
+                Held::Other(_) => Offer::Full,
+            };
         }
         self.held.push(held);
         Offer::Held
@@ -199,9 +212,19 @@ impl Outbox {
 
     /// After a catch-up read that reached the end of the store: releases held frames in order.
     /// Stops at a held user event that is still ahead of `last + 1`, which means it was committed
-    /// after the read, so another read will find what lies between.
+    /// after the read, so another read will find what lies between; the same when a dropped
+    /// frame is still ahead.
     pub fn release_held(&mut self) -> Release {
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        // Live frames from several workers can arrive out of order: release user frames by
+        // cursor; a frame without cursor stays behind the user frame it followed.
+        let mut key = 0;
+        held.sort_by_cached_key(|h| {
+            if let Held::User(cursor, _) = h {
+                key = cursor.0;
+            }
+            key
+        });
         let mut rest = held.into_iter();
         while let Some(item) = rest.next() {
             let offer = match item {
@@ -223,6 +246,9 @@ impl Outbox {
             if offer == Offer::Full {
                 return Release::Full;
             }
+        }
+        if self.dropped > self.last {
+            return Release::ReadAgain;
         }
         self.catching_up = false;
         Release::Live
@@ -333,6 +359,16 @@ mod tests {
     }
 
     #[test]
+    fn frames_that_crossed_in_flight_are_released_in_order_without_a_read() {
+        let mut o = live(8, 1);
+        assert_eq!(o.offer_user(Cursor(3), frame("3")), Offer::NeedsCatchUp);
+        assert_eq!(o.offer(frame("unread")), Offer::Held);
+        assert_eq!(o.offer_user(Cursor(2), frame("2")), Offer::Held);
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["2", "3", "unread"]);
+    }
+
+    #[test]
     fn a_held_event_beyond_the_read_asks_for_another_read() {
         let mut o = Outbox::new(8, frame("retry"));
         o.start_from(Cursor(0));
@@ -373,12 +409,33 @@ mod tests {
     }
 
     #[test]
-    fn held_frames_are_bounded_too() {
+    fn held_frames_are_bounded_and_user_frames_beyond_are_read_back() {
         let mut o = Outbox::new(4, frame("retry"));
+        o.start_from(Cursor(0));
         for i in 1..=4 {
-            assert_eq!(o.offer_user(Cursor(i), frame("x")), Offer::Held);
+            assert_eq!(o.offer_user(Cursor(i), frame(&i.to_string())), Offer::Held);
         }
-        assert_eq!(o.offer_user(Cursor(5), frame("x")), Offer::Full);
+        assert_eq!(
+            o.offer_user(Cursor(5), frame("5")),
+            Offer::Held,
+            "dropped, not closed"
+        );
+        assert_eq!(
+            o.offer(frame("broadcast")),
+            Offer::Full,
+            "cannot be read back"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = o.poll_frame(&mut cx);
+        // The store read so far ends at 2: the held 3 and 4 are released, 5 must be read.
+        o.push_replayed(Cursor(1), frame("1"));
+        o.push_replayed(Cursor(2), frame("2"));
+        assert_eq!(o.release_held(), Release::ReadAgain);
+        assert_eq!(o.last(), Cursor(4));
+        assert_eq!(drain(&mut o), ["1", "2", "3", "4"]);
+        assert_eq!(o.push_replayed(Cursor(5), frame("5")), Offer::Queued);
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["5"]);
     }
 
     #[test]

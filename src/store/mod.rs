@@ -47,6 +47,9 @@ pub struct Appended {
     pub outcome: AppendOutcome,
 }
 
+/// Work to do right after a batch is committed (publishing it).
+pub type OnCommit = Box<dyn FnOnce(&[Appended]) + Send>;
+
 /// Which page of a user's notifications to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
@@ -73,8 +76,19 @@ pub enum ReadSelector {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one transaction: all of it or none. Cursors are assigned per user in
-    /// commit order, gapless.
-    async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>>;
+    /// commit order, gapless. `on_commit` runs once the batch is committed, before this returns;
+    /// calls for different batches run in commit order where the backend can keep it (one
+    /// node's writer), which keeps live frames in cursor order.
+    async fn append_then(
+        &self,
+        batch: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> anyhow::Result<Vec<Appended>>;
+
+    /// [`Store::append_then`] with nothing to run after the commit.
+    async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
+        self.append_then(batch, Box::new(|_| ())).await
+    }
 
     /// Events of `user` with a cursor above `after`, oldest first (read or not).
     async fn events_after(

@@ -17,7 +17,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{AppendOutcome, Appended, ListQuery, NewEvent, Page, ReadSelector, Store};
+use super::{AppendOutcome, Appended, ListQuery, NewEvent, OnCommit, Page, ReadSelector, Store};
 use crate::domain::{Cursor, Event, Notification, UserId};
 
 /// How long a statement waits for a lock held by another process before failing.
@@ -404,7 +404,17 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
 /// One `append` call waiting for the writer.
 struct WriteJob {
     batch: Vec<NewEvent>,
+    on_commit: OnCommit,
     reply: oneshot::Sender<anyhow::Result<Vec<Appended>>>,
+}
+
+impl WriteJob {
+    fn finish(self, result: anyhow::Result<Vec<Appended>>) {
+        if let Ok(appended) = &result {
+            (self.on_commit)(appended);
+        }
+        let _ = self.reply.send(result);
+    }
 }
 
 /// Group commit: takes every append waiting (up to [`MAX_GROUP_EVENTS`] events) into one
@@ -425,22 +435,24 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
         }
         let items: Vec<&NewEvent> = group.iter().flat_map(|j| j.batch.iter()).collect();
         match append_group(&pool, &items).await {
-            Ok(mut results) => {
-                for job in group.into_iter().rev() {
-                    let mine = results.split_off(results.len() - job.batch.len());
-                    let _ = job.reply.send(Ok(mine));
+            Ok(results) => {
+                // In group order, which is cursor order: live frames leave in commit order.
+                let mut results = results.into_iter();
+                for job in group {
+                    let mine: Vec<Appended> = results.by_ref().take(job.batch.len()).collect();
+                    job.finish(Ok(mine));
                 }
             }
             Err(error) if group.len() == 1 => {
                 if let Some(job) = group.pop() {
-                    let _ = job.reply.send(Err(error));
+                    job.finish(Err(error));
                 }
             }
             Err(_) => {
                 for job in group {
                     let items: Vec<&NewEvent> = job.batch.iter().collect();
                     let result = append_group(&pool, &items).await;
-                    let _ = job.reply.send(result);
+                    job.finish(result);
                 }
             }
         }
@@ -449,13 +461,21 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
+    async fn append_then(
+        &self,
+        batch: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> anyhow::Result<Vec<Appended>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, result) = oneshot::channel();
         self.writes
-            .send(WriteJob { batch, reply })
+            .send(WriteJob {
+                batch,
+                on_commit,
+                reply,
+            })
             .await
             .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
         result

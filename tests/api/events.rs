@@ -411,3 +411,50 @@ async fn marking_read_in_one_tab_updates_the_unread_count_in_the_others() {
     assert_eq!(update.event, "unread");
     assert_eq!(data(&update), json!({"count": 1}));
 }
+
+/// A burst far larger than a session's queue, sent in concurrent batches that the store commits
+/// together: a client that keeps reading is not mistaken for a slow one.
+#[actix_web::test]
+async fn a_burst_larger_than_the_queue_reaches_a_reading_client_without_closing_it() {
+    const BATCHES: usize = 20;
+    const PER_BATCH: usize = 100;
+    let app = spawn_app_with(|s| s.sse.queue_capacity = 64).await;
+    let token = app.token("ana").await;
+    let mut stream = app.open_stream(&token, None).await;
+    stream.expect().await;
+
+    // The client reads while the host sends.
+    let sender = {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url("/v1/notify"),
+            app.api_key.clone(),
+        );
+        actix_web::rt::spawn(async move {
+            let sends = (0..BATCHES).map(|b| {
+                let events: Vec<_> = (0..PER_BATCH)
+                    .map(|i| {
+                        json!({"user_id": "ana", "kind": "post_liked",
+                        "data": {"post_id": format!("burst-{b}-{i}"), "by": "bob"}})
+                    })
+                    .collect();
+                client
+                    .post(&url)
+                    .header("X-Api-Key", &key)
+                    .json(&json!({ "events": events }))
+                    .send()
+            });
+            for response in futures_util::future::join_all(sends).await {
+                assert_eq!(response.unwrap().status(), StatusCode::CREATED);
+            }
+        })
+    };
+    for cursor in 1..=(BATCHES * PER_BATCH) {
+        let Some(event) = stream.next().await else {
+            panic!("closed after {}", cursor - 1)
+        };
+        assert_eq!(event.id, cursor.to_string());
+    }
+    sender.await.unwrap();
+    assert_eq!(app.metric("belay_sessions_closed_slow_total").await, 0);
+}
