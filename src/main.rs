@@ -35,6 +35,12 @@ async fn main() -> anyhow::Result<()> {
         dev_tokens = settings.auth.dev_tokens,
         "Belay is listening"
     );
+    if settings.auth.dev_tokens {
+        tracing::warn!(
+            "auth.dev_tokens is on: anyone who reaches this node can mint a token for any user \
+             and read the host API key; turn it off outside development"
+        );
+    }
     app.run_until_stopped().await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
