@@ -453,6 +453,127 @@ mod tests {
         );
     }
 
+    /// The `data` fields each kind carries, as the HTTP contract in the design lists them.
+    #[test]
+    fn every_kind_carries_the_fields_of_the_contract() {
+        let (id, at) = (Uuid::nil(), DateTime::<Utc>::UNIX_EPOCH);
+        let cases: Vec<(Event, &[&str])> = vec![
+            (
+                Event::MatchRequested {
+                    challenge_id: id,
+                    from: user("bob"),
+                    discipline: Discipline::Boulder,
+                    expires_at: at,
+                },
+                &["challenge_id", "from", "discipline", "expires_at"],
+            ),
+            (
+                Event::ChallengeDeclined {
+                    challenge_id: id,
+                    by: user("bob"),
+                },
+                &["challenge_id", "by"],
+            ),
+            (
+                Event::ChallengeExpired { challenge_id: id },
+                &["challenge_id"],
+            ),
+            (
+                Event::MatchFound {
+                    match_id: id,
+                    opponent: user("bob"),
+                    discipline: Discipline::Lead,
+                    ready_deadline: at,
+                },
+                &["match_id", "opponent", "discipline", "ready_deadline"],
+            ),
+            (Event::OpponentReady { match_id: id }, &["match_id"]),
+            (Event::MatchConfirmed { match_id: id }, &["match_id"]),
+            (
+                Event::MatchCancelled {
+                    match_id: id,
+                    reason: CancelReason::ReadyTimeout,
+                },
+                &["match_id", "reason"],
+            ),
+            (
+                Event::Requeued {
+                    discipline: Discipline::Speed,
+                    queued_since: at,
+                },
+                &["discipline", "queued_since"],
+            ),
+            (
+                Event::MatchResult {
+                    match_id: id,
+                    winner: user("ana"),
+                    rating: 1500.0,
+                },
+                &["match_id", "winner", "rating"],
+            ),
+            (
+                Event::PostLiked(PostLiked::new(post("p1"), user("ana"))),
+                &["post_id", "by", "likers", "count", "text"],
+            ),
+            (
+                Event::NewPost {
+                    post_id: post("p1"),
+                    by: user("ana"),
+                    title: "t".into(),
+                },
+                &["post_id", "by", "title"],
+            ),
+            (
+                Event::RouteCompleted {
+                    route_id: RouteId::parse("r1").unwrap(),
+                    grade: "7a".into(),
+                },
+                &["route_id", "grade"],
+            ),
+            (
+                Event::PersonalRecord {
+                    discipline: Discipline::Speed,
+                    grade: None,
+                    time_ms: Some(6200),
+                    previous: Some(Performance::TimeMs(6500)),
+                },
+                &["discipline", "time_ms", "previous"],
+            ),
+            (
+                Event::RankChanged {
+                    discipline: Discipline::Boulder,
+                    old_rank: Some(4),
+                    new_rank: 3,
+                    rating: 1612.5,
+                },
+                &["discipline", "old_rank", "new_rank", "rating"],
+            ),
+            (
+                Event::Unread(UnreadSummary {
+                    count: 2,
+                    latest: None,
+                }),
+                &["count"],
+            ),
+        ];
+        assert_eq!(cases.len(), EventKind::ALL.len(), "every kind is listed");
+        for (event, fields) in cases {
+            let data = event.data_json();
+            let mut keys: Vec<&str> = data
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort_unstable();
+            let mut want = fields.to_vec();
+            want.sort_unstable();
+            assert_eq!(keys, want, "{}", event.kind().as_str());
+            let back = Event::from_parts(event.kind().as_str(), data).unwrap();
+            assert_eq!(back, event, "{} round-trips", event.kind().as_str());
+        }
+    }
+
     #[test]
     fn likes_collapse_counting_each_liker_once() {
         let first = PostLiked::new(post("p1"), user("ana"));
