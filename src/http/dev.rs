@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::openapi::JsonBodyRefusal;
 use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
 
@@ -42,10 +43,7 @@ pub struct TokenResponse {
             body = TokenResponse),
         (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
             `invalid_request`: a missing or unknown field, or an invalid `user_id`"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
-            `server.body_limit_bytes` (64 KiB by default)"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
-            `application/json`"),
+        JsonBodyRefusal,
     )
 )]
 pub async fn token(

@@ -10,6 +10,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
+use super::openapi::{HostKeyRefusal, JsonBodyRefusal};
 use super::{AppState, auth::HostApp};
 use crate::domain::event::EventInputError;
 use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, UserId};
@@ -206,12 +207,8 @@ pub struct NotifyResponse {
             unknown field, or an invalid `user_id` or `idempotency_key`; `unknown_kind`; \
             `kind_not_allowed`: a kind produced by Belay; `invalid_data`: `data` does not fit \
             the kind. Messages of batch items start with `events[<i>]: `."),
-        (status = 401, body = ErrorBody, description = "`unauthorized`: no `X-Api-Key` header"),
-        (status = 403, body = ErrorBody, description = "`forbidden`: the API key is not valid"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
-            `server.body_limit_bytes` (64 KiB by default)"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
-            `application/json`"),
+        HostKeyRefusal,
+        JsonBodyRefusal,
     )
 )]
 pub async fn notify(
@@ -276,12 +273,8 @@ pub struct BroadcastResponse {
         (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
             `invalid_request`: a missing or unknown field; `unknown_kind`; `kind_not_allowed`: a \
             kind the host app may not broadcast; `invalid_data`: `data` does not fit the kind"),
-        (status = 401, body = ErrorBody, description = "`unauthorized`: no `X-Api-Key` header"),
-        (status = 403, body = ErrorBody, description = "`forbidden`: the API key is not valid"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
-            `server.body_limit_bytes` (64 KiB by default)"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
-            `application/json`"),
+        HostKeyRefusal,
+        JsonBodyRefusal,
     )
 )]
 pub async fn broadcast(

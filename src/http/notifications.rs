@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::openapi::JsonBodyRefusal;
 use super::{AppState, auth::AuthUser};
 use crate::domain::{Cursor, Notification};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
@@ -142,10 +143,7 @@ pub struct ReadResponse {
             `invalid_request`: not exactly one selector, an empty or too long `ids`, a negative \
             `up_to`, or an unknown field or one of the wrong type"),
         (status = 401, body = ErrorBody, description = "`unauthorized`: no valid token"),
-        (status = 413, body = ErrorBody, description = "`payload_too_large`: body over \
-            `server.body_limit_bytes` (64 KiB by default)"),
-        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not \
-            `application/json`"),
+        JsonBodyRefusal,
         (status = 429, body = ErrorBody, description = "`rate_limited`: over the per-user request rate",
             headers(("Retry-After" = u64, description = "Seconds until a request is allowed"))),
     )

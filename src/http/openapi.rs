@@ -9,6 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{auth, dev, events, health, host, notifications};
 use crate::domain::{Broadcast, Notification, UnreadSummary};
+use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -90,4 +91,26 @@ pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(body.as_str())
+}
+
+/// Refusals of every endpoint that takes a JSON body.
+#[derive(utoipa::IntoResponses)]
+pub enum JsonBodyRefusal {
+    /// `payload_too_large`: body over `server.body_limit_bytes` (64 KiB by default)
+    #[response(status = 413)]
+    TooLarge(ErrorBody<'static>),
+    /// `unsupported_media_type`: not `application/json`
+    #[response(status = 415)]
+    NotJson(ErrorBody<'static>),
+}
+
+/// Refusals of the host endpoints.
+#[derive(utoipa::IntoResponses)]
+pub enum HostKeyRefusal {
+    /// `unauthorized`: no `X-Api-Key` header
+    #[response(status = 401)]
+    MissingKey(ErrorBody<'static>),
+    /// `forbidden`: the API key is not valid
+    #[response(status = 403)]
+    WrongKey(ErrorBody<'static>),
 }
