@@ -21,6 +21,30 @@ pub struct Settings {
     pub sse: SseSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub matchmaking: MatchmakingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MatchmakingSettings {
+    pub ready_timeout_secs: u64,
+    pub challenge_timeout_secs: u64,
+    pub result_timeout_secs: u64,
+    /// Largest page of `GET /v1/leaderboard`.
+    pub max_leaderboard_page: u32,
+    /// How the acceptable rating gap widens with waiting time.
+    #[serde(default)]
+    pub policy: crate::matchmaking::policy::Policy,
+}
+
+impl MatchmakingSettings {
+    pub fn timing(&self) -> crate::matchmaking::engine::Timing {
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        crate::matchmaking::engine::Timing {
+            ready_ms: ms(self.ready_timeout_secs),
+            challenge_ms: ms(self.challenge_timeout_secs),
+            result_ms: ms(self.result_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +130,17 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let mm = &self.matchmaking;
+        anyhow::ensure!(
+            mm.ready_timeout_secs > 0
+                && mm.challenge_timeout_secs > 0
+                && mm.result_timeout_secs > 0,
+            "matchmaking timeouts must be at least one second"
+        );
+        anyhow::ensure!(
+            mm.max_leaderboard_page > 0,
+            "matchmaking.max_leaderboard_page must be positive"
+        );
         anyhow::ensure!(
             self.sse.queue_capacity >= 4,
             "sse.queue_capacity must be at least 4"

@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod matchmaking;
 pub mod metrics;
 pub mod notifier;
 pub mod sse;

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub events_duplicate: AtomicU64,
     pub broadcasts: AtomicU64,
     pub frames_queued: AtomicU64,
+    pub matches_made: AtomicU64,
+    pub queue_tickets: AtomicI64,
+    pub matches_live: AtomicI64,
+    pub challenges_pending: AtomicI64,
 }
 
 impl Metrics {
@@ -25,7 +29,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -76,17 +80,39 @@ impl Metrics {
                 "Frames queued to sessions",
                 &self.frames_queued,
             ),
+            (
+                "belay_matches_made_total",
+                "Matches made (queue pairings and accepted challenges)",
+                &self.matches_made,
+            ),
         ];
         let mut out = String::new();
-        let open = self.sessions_open.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP belay_sessions_open SSE sessions open on this node"
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE belay_sessions_open gauge\nbelay_sessions_open {open}"
-        );
+        let gauges: [(&str, &str, &AtomicI64); 4] = [
+            (
+                "belay_sessions_open",
+                "SSE sessions open on this node",
+                &self.sessions_open,
+            ),
+            (
+                "belay_queue_tickets",
+                "Climbers waiting in the open queues",
+                &self.queue_tickets,
+            ),
+            (
+                "belay_matches_live",
+                "Matches in the ready check or awaiting results",
+                &self.matches_live,
+            ),
+            (
+                "belay_challenges_pending",
+                "Direct challenges awaiting an answer",
+                &self.challenges_pending,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));

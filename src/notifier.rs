@@ -10,7 +10,7 @@ use crate::actors::{Delivery, HubSet, Target};
 use crate::domain::{Broadcast, Event, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::frame;
-use crate::store::{AppendOutcome, Appended, NewEvent, Store};
+use crate::store::{AppendOutcome, Appended, Applied, Change, NewEvent, Store};
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -34,6 +34,17 @@ impl Notifier {
         let (hubs, metrics) = (self.hubs.clone(), self.metrics.clone());
         let publish = Box::new(move |appended: &[Appended]| publish(&hubs, &metrics, appended));
         self.store.append_then(batch, publish).await
+    }
+
+    /// Commits matchmaking works (state changes and the events they cause) in one transaction,
+    /// then publishes the events, in order.
+    pub async fn apply(
+        &self,
+        works: Vec<(Vec<Change>, Vec<NewEvent>)>,
+    ) -> anyhow::Result<Vec<Applied>> {
+        let (hubs, metrics) = (self.hubs.clone(), self.metrics.clone());
+        let publish = Box::new(move |appended: &[Appended]| publish(&hubs, &metrics, appended));
+        self.store.apply_many(works, publish).await
     }
 
     /// Sends an event to every connected user. Not stored: it has no cursor.

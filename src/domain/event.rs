@@ -24,6 +24,36 @@ pub enum Discipline {
     Speed,
 }
 
+impl Discipline {
+    pub const ALL: [Discipline; 3] = [Discipline::Boulder, Discipline::Lead, Discipline::Speed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discipline::Boulder => "boulder",
+            Discipline::Lead => "lead",
+            Discipline::Speed => "speed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Discipline, String> {
+        Discipline::ALL
+            .into_iter()
+            .find(|d| d.as_str() == raw)
+            .ok_or_else(|| {
+                format!(
+                    "unknown discipline {:?}: expected boulder, lead or speed",
+                    super::ids::truncate(raw, 32)
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Discipline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a match ended before it was confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +116,20 @@ pub enum Event {
         match_id: Uuid,
         winner: UserId,
         rating: f64,
+    },
+    /// The opponent reported a result; the receiver's own report settles or disputes it.
+    ResultReported {
+        match_id: Uuid,
+        by: UserId,
+        winner: UserId,
+    },
+    /// The two reports named different winners: ratings stay as they were.
+    MatchDisputed {
+        match_id: Uuid,
+    },
+    /// The result deadline passed without both reports: ratings stay as they were.
+    MatchExpired {
+        match_id: Uuid,
     },
     // social
     PostLiked(PostLiked),
@@ -221,6 +265,9 @@ pub enum EventKind {
     MatchCancelled,
     Requeued,
     MatchResult,
+    ResultReported,
+    MatchDisputed,
+    MatchExpired,
     PostLiked,
     NewPost,
     RouteCompleted,
@@ -230,7 +277,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::MatchRequested,
         EventKind::ChallengeDeclined,
         EventKind::ChallengeExpired,
@@ -240,6 +287,9 @@ impl EventKind {
         EventKind::MatchCancelled,
         EventKind::Requeued,
         EventKind::MatchResult,
+        EventKind::ResultReported,
+        EventKind::MatchDisputed,
+        EventKind::MatchExpired,
         EventKind::PostLiked,
         EventKind::NewPost,
         EventKind::RouteCompleted,
@@ -259,6 +309,9 @@ impl EventKind {
             EventKind::MatchCancelled => "match_cancelled",
             EventKind::Requeued => "requeued",
             EventKind::MatchResult => "match_result",
+            EventKind::ResultReported => "result_reported",
+            EventKind::MatchDisputed => "match_disputed",
+            EventKind::MatchExpired => "match_expired",
             EventKind::PostLiked => "post_liked",
             EventKind::NewPost => "new_post",
             EventKind::RouteCompleted => "route_completed",
@@ -304,6 +357,9 @@ impl Event {
             Event::MatchCancelled { .. } => EventKind::MatchCancelled,
             Event::Requeued { .. } => EventKind::Requeued,
             Event::MatchResult { .. } => EventKind::MatchResult,
+            Event::ResultReported { .. } => EventKind::ResultReported,
+            Event::MatchDisputed { .. } => EventKind::MatchDisputed,
+            Event::MatchExpired { .. } => EventKind::MatchExpired,
             Event::PostLiked(_) => EventKind::PostLiked,
             Event::NewPost { .. } => EventKind::NewPost,
             Event::RouteCompleted { .. } => EventKind::RouteCompleted,
@@ -511,6 +567,16 @@ mod tests {
                 },
                 &["match_id", "winner", "rating"],
             ),
+            (
+                Event::ResultReported {
+                    match_id: id,
+                    by: user("bob"),
+                    winner: user("ana"),
+                },
+                &["match_id", "by", "winner"],
+            ),
+            (Event::MatchDisputed { match_id: id }, &["match_id"]),
+            (Event::MatchExpired { match_id: id }, &["match_id"]),
             (
                 Event::PostLiked(PostLiked::new(post("p1"), user("ana"))),
                 &["post_id", "by", "likers", "count", "text"],

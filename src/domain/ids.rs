@@ -105,6 +105,11 @@ id_type!(
     "route id"
 );
 id_type!(
+    /// Where an open queue is limited to: a gym or a region, as the host app names them.
+    Scope,
+    "scope"
+);
+id_type!(
     /// A host-chosen key that makes a retried notify request create nothing new.
     IdempotencyKey,
     "idempotency key"

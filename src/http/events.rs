@@ -96,6 +96,7 @@ pub async fn stream(
     hub: web::Data<WorkerHub>,
 ) -> Result<HttpResponse, ApiError> {
     let resume = resume_cursor(&req, &query)?;
+    super::matchmaking::remember(&state, &user).await?;
     let permit = state.limiter.acquire(&user).ok_or_else(|| {
         crate::metrics::Metrics::add(&state.metrics.sessions_rejected, 1);
         ApiError::new(

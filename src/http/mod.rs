@@ -1,12 +1,14 @@
 //! The HTTP surface: one file per resource, wired here. Paths and field names are the contract
 //! documented in the README.
 
+pub mod ascents;
 pub mod auth;
 pub mod dev;
 pub mod events;
 pub mod health;
 pub mod host;
 pub mod limits;
+pub mod matchmaking;
 pub mod notifications;
 pub mod openapi;
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, Route, web};
 
-use crate::actors::{Registry, SessionLimiter};
+use crate::actors::{MatchmakerActor, Registry, SessionLimiter};
 use crate::config::{Secrets, Settings};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub rate_limiter: limits::RateLimiter,
     pub metrics: Arc<Metrics>,
     pub frames: StaticFrames,
+    pub matchmaker: actix::Addr<MatchmakerActor>,
+    pub known_users: matchmaking::KnownUsers,
 }
 
 /// One per worker thread: the registry its sessions join (served by that worker's `Hub`).
@@ -80,7 +84,47 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
             web::post().to(notifications::mark_read),
         ))
         .service(resource("/notify", web::post().to(host::notify)))
-        .service(resource("/broadcast", web::post().to(host::broadcast)));
+        .service(resource("/broadcast", web::post().to(host::broadcast)))
+        .service(
+            web::resource("/queue")
+                .route(web::post().to(matchmaking::join_queue))
+                .route(web::delete().to(matchmaking::leave_queue))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(resource("/me/match", web::get().to(matchmaking::me_match)))
+        .service(resource(
+            "/challenges",
+            web::post().to(matchmaking::create_challenge),
+        ))
+        .service(resource(
+            "/challenges/{id}/accept",
+            web::post().to(matchmaking::accept_challenge),
+        ))
+        .service(resource(
+            "/challenges/{id}/decline",
+            web::post().to(matchmaking::decline_challenge),
+        ))
+        .service(resource(
+            "/matches/{id}",
+            web::get().to(matchmaking::get_match),
+        ))
+        .service(resource(
+            "/matches/{id}/ready",
+            web::post().to(matchmaking::ready),
+        ))
+        .service(resource(
+            "/matches/{id}/cancel",
+            web::post().to(matchmaking::cancel),
+        ))
+        .service(resource(
+            "/matches/{id}/result",
+            web::post().to(matchmaking::report_result),
+        ))
+        .service(resource(
+            "/leaderboard",
+            web::get().to(matchmaking::leaderboard),
+        ))
+        .service(resource("/ascents", web::post().to(ascents::log_ascent)));
     if dev_tokens {
         v1 = v1
             .service(resource("/dev/token", web::post().to(dev::token)))

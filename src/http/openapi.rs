@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, dev, events, health, host, notifications};
+use super::{ascents, auth, dev, events, health, host, matchmaking, notifications};
 use crate::domain::{Broadcast, Notification, UnreadSummary};
 use crate::error::ErrorBody;
 
@@ -26,6 +26,18 @@ use crate::error::ErrorBody;
         notifications::mark_read,
         host::notify,
         host::broadcast,
+        matchmaking::join_queue,
+        matchmaking::leave_queue,
+        matchmaking::me_match,
+        matchmaking::create_challenge,
+        matchmaking::accept_challenge,
+        matchmaking::decline_challenge,
+        matchmaking::get_match,
+        matchmaking::ready,
+        matchmaking::cancel,
+        matchmaking::report_result,
+        matchmaking::leaderboard,
+        ascents::log_ascent,
         dev::token,
         dev::config,
         health::healthz,
@@ -37,7 +49,7 @@ use crate::error::ErrorBody;
     components(schemas(Notification, UnreadSummary, Broadcast)),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "user", description = "A climber, by JWT"),
+        (name = "user", description = "A climber, by JWT: notifications, duels, ascents"),
         (name = "host", description = "The host app, by API key"),
         (name = "dev", description = "Only when `auth.dev_tokens = true`"),
         (name = "ops", description = "Health, metrics and this document"),
@@ -113,4 +125,26 @@ pub enum HostKeyRefusal {
     /// `forbidden`: the API key is not valid
     #[response(status = 403)]
     WrongKey(ErrorBody<'static>),
+}
+
+/// Refusals of every endpoint of a climber, by JWT.
+#[derive(utoipa::IntoResponses)]
+pub enum BearerRefusal {
+    /// `unauthorized`: no valid token
+    #[response(status = 401)]
+    NoToken(ErrorBody<'static>),
+    /// `rate_limited`: over the per-user request rate
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds until a request is allowed"))
+    )]
+    RateLimited(ErrorBody<'static>),
+}
+
+/// Refusal of every endpoint that hands its work to the matchmaker.
+#[derive(utoipa::IntoResponses)]
+pub enum MatchmakerRefusal {
+    /// `unavailable`: the matchmaker is not running
+    #[response(status = 503)]
+    Unavailable(ErrorBody<'static>),
 }

@@ -2,14 +2,19 @@
 //! backend; the engine only sees `Arc<dyn Store>`.
 
 mod sqlite;
+mod sqlite_play;
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{Cursor, Event, IdempotencyKey, Notification, UserId};
+use crate::domain::{
+    AscentOutcome, Challenge, Cursor, Discipline, Event, IdempotencyKey, LeaderboardEntry, Match,
+    NewAscent, Notification, RankChange, Rating, UserId,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -73,6 +78,50 @@ pub enum ReadSelector {
     All,
 }
 
+/// A change to matchmaking state, written in the same transaction as the events it causes:
+/// either both are committed or neither is.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Remembers that a climber exists (they signed in), so others can challenge them.
+    SeeUser(UserId),
+    /// Inserts or replaces a match.
+    SaveMatch(Match),
+    /// Inserts or replaces a challenge.
+    SaveChallenge(Challenge),
+    /// Saves a match that has just been settled (status `Settled`, `winner` set), updates both
+    /// players' ratings and emits `match_result` to both and `rank_changed` to every climber
+    /// whose rank moved.
+    Settle(Match),
+    /// Records an ascent and emits `route_completed` (first send of the route) and
+    /// `personal_record` (new hardest grade or fastest time).
+    Ascent(NewAscent),
+}
+
+/// What one [`Change`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOutcome {
+    Done,
+    Settled(Settlement),
+    Ascent(AscentOutcome),
+}
+
+/// Ratings before and after a settled match, and the rank moves it caused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// `(player, before, after)` for both players, in the match's player order.
+    pub ratings: Vec<(UserId, Rating, Rating)>,
+    pub rank_changes: Vec<RankChange>,
+}
+
+/// Result of [`Store::apply_then`].
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// One per change, in order.
+    pub outcomes: Vec<ChangeOutcome>,
+    /// The events given, then the events the changes produced.
+    pub appended: Vec<Appended>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one transaction: all of it or none. Cursors are assigned per user in
@@ -83,7 +132,58 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: Vec<NewEvent>,
         on_commit: OnCommit,
-    ) -> anyhow::Result<Vec<Appended>>;
+    ) -> anyhow::Result<Vec<Appended>> {
+        Ok(self
+            .apply_then(Vec::new(), batch, on_commit)
+            .await?
+            .appended)
+    }
+
+    /// Applies `changes` in order and appends `batch` plus the events the changes produce, all
+    /// in one transaction. `on_commit` sees every appended event, as with `append_then`.
+    async fn apply_then(
+        &self,
+        changes: Vec<Change>,
+        batch: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> anyhow::Result<Applied> {
+        self.apply_many(vec![(changes, batch)], on_commit)
+            .await?
+            .pop()
+            .context("the store returned no result")
+    }
+
+    /// Several `apply_then` works, in order, in one transaction: all or none. One result per
+    /// work; `on_commit` sees every appended event of all of them, in order.
+    async fn apply_many(
+        &self,
+        works: Vec<(Vec<Change>, Vec<NewEvent>)>,
+        on_commit: OnCommit,
+    ) -> anyhow::Result<Vec<Applied>>;
+
+    /// A match by id, live or finished.
+    async fn get_match(&self, id: Uuid) -> anyhow::Result<Option<Match>>;
+
+    /// Matches still in the ready check or awaiting results (restored into the engine at start).
+    async fn live_matches(&self) -> anyhow::Result<Vec<Match>>;
+
+    /// Challenges still pending (restored into the engine at start).
+    async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>>;
+
+    /// Whether the climber was ever seen (see [`Change::SeeUser`]).
+    async fn user_known(&self, user: &UserId) -> anyhow::Result<bool>;
+
+    /// A climber's rating in a discipline; None before their first settled match.
+    async fn rating(&self, user: &UserId, discipline: Discipline)
+    -> anyhow::Result<Option<Rating>>;
+
+    /// Highest rating first (ties by user id), skipping `offset` entries.
+    async fn leaderboard(
+        &self,
+        discipline: Discipline,
+        offset: u32,
+        limit: u32,
+    ) -> anyhow::Result<Vec<LeaderboardEntry>>;
 
     /// [`Store::append_then`] with nothing to run after the commit.
     async fn append(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {

@@ -17,8 +17,14 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{AppendOutcome, Appended, ListQuery, NewEvent, OnCommit, Page, ReadSelector, Store};
-use crate::domain::{Cursor, Event, Notification, UserId};
+use super::sqlite_play;
+use super::{
+    AppendOutcome, Appended, Applied, Change, ListQuery, NewEvent, OnCommit, Page, ReadSelector,
+    Store,
+};
+use crate::domain::{
+    Challenge, Cursor, Discipline, Event, LeaderboardEntry, Match, Notification, Rating, UserId,
+};
 
 /// How long a statement waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,13 +157,12 @@ async fn select_pairs(
 /// Writes a group of events in one transaction with a fixed number of statements, whatever its
 /// size: look-ups first, then every decision in memory, then multi-row writes. SQLite has one
 /// writer, so reading the heads and writing them back inside `BEGIN IMMEDIATE` is safe.
-async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<Vec<Appended>> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .context("begin append")?;
-    // Millisecond precision, as stored: live frames and replays carry the same timestamps.
-    let now = from_ms(to_ms(Utc::now()));
+async fn append_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    items: &[&NewEvent],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Appended>> {
+    let tx = &mut *tx;
 
     // Idempotency keys seen before, and the notifications they point at.
     let keyed: Vec<(String, String)> = items
@@ -172,7 +177,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
     if !keyed.is_empty() {
         let prefix = "SELECT user_id, key, notification_id FROM idempotency_keys \
                       WHERE (user_id, key) IN (VALUES ";
-        for row in select_pairs(&mut tx, prefix, &keyed).await? {
+        for row in select_pairs(tx, prefix, &keyed).await? {
             let id: String = row.try_get("notification_id")?;
             seen_keys.insert(
                 (row.try_get("user_id")?, row.try_get("key")?),
@@ -191,7 +196,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
             list.push_bind(id);
         }
         qb.push(")");
-        for row in qb.build().fetch_all(&mut *tx).await? {
+        for row in qb.build().fetch_all(&mut **tx).await? {
             let n = notification_from_row(&row)?;
             let user =
                 UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
@@ -220,7 +225,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
             "SELECT {COLUMNS}, user_id, collapse_key FROM notifications \
              WHERE (user_id, collapse_key) IN (VALUES "
         );
-        for row in select_pairs(&mut tx, &prefix, &collapsible).await? {
+        for row in select_pairs(tx, &prefix, &collapsible).await? {
             let n = notification_from_row(&row)?;
             let user =
                 UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
@@ -253,7 +258,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
             list.push_bind(user.clone());
         }
         qb.push(")");
-        for row in qb.build().fetch_all(&mut *tx).await? {
+        for row in qb.build().fetch_all(&mut **tx).await? {
             heads.insert(row.try_get("user_id")?, row.try_get("last_cursor")?);
         }
     }
@@ -353,7 +358,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
                 .push_bind(to_ms(n.updated_at));
         });
         qb.build()
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .context("inserting notifications")?;
     }
@@ -365,7 +370,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
         .bind(row.notification.event.data_json().to_string())
         .bind(to_ms(now))
         .bind(row.notification.id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .context("collapsing into an unread notification")?;
     }
@@ -378,7 +383,7 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
         });
         qb.push(" ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor");
         qb.build()
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .context("moving the users' cursors")?;
     }
@@ -393,25 +398,92 @@ async fn append_group(pool: &SqlitePool, items: &[&NewEvent]) -> anyhow::Result<
                 .push_bind(to_ms(now));
         });
         qb.build()
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .context("recording idempotency keys")?;
     }
-    tx.commit().await.context("commit append")?;
     Ok(out)
 }
 
-/// One `append` call waiting for the writer.
+/// Commits a group of jobs in one transaction: each job's changes in order, then every event
+/// (each job's batch followed by what its changes produced) with a fixed number of statements.
+async fn write_group(pool: &SqlitePool, jobs: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .context("begin write")?;
+    // Millisecond precision, as stored: live frames and replays carry the same timestamps.
+    let now = from_ms(to_ms(Utc::now()));
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut produced = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut done = Vec::with_capacity(job.changes.len());
+        let mut events = Vec::new();
+        for change in job.changes {
+            let (outcome, caused) = sqlite_play::apply_change(&mut tx, change, now).await?;
+            done.push(outcome);
+            events.extend(caused);
+        }
+        outcomes.push(done);
+        produced.push(events);
+    }
+    let items: Vec<&NewEvent> = jobs
+        .iter()
+        .zip(&produced)
+        .flat_map(|(job, caused)| job.batch.iter().chain(caused.iter()))
+        .collect();
+    let appended = if items.is_empty() {
+        Vec::new()
+    } else {
+        append_in(&mut tx, &items, now).await?
+    };
+    tx.commit().await.context("commit write")?;
+    let mut appended = appended.into_iter();
+    Ok(outcomes
+        .into_iter()
+        .zip(&produced)
+        .zip(jobs)
+        .map(|((outcomes, caused), job)| Applied {
+            outcomes,
+            appended: appended
+                .by_ref()
+                .take(job.batch.len() + caused.len())
+                .collect(),
+        })
+        .collect())
+}
+
+/// What one job asks of the writer (the job itself holds a hook that is not `Sync`).
+struct Work<'a> {
+    changes: &'a [Change],
+    batch: &'a [NewEvent],
+}
+
+/// One `apply_many` call waiting for the writer: one or more works, committed together.
 struct WriteJob {
-    batch: Vec<NewEvent>,
+    works: Vec<(Vec<Change>, Vec<NewEvent>)>,
     on_commit: OnCommit,
-    reply: oneshot::Sender<anyhow::Result<Vec<Appended>>>,
+    reply: oneshot::Sender<anyhow::Result<Vec<Applied>>>,
 }
 
 impl WriteJob {
-    fn finish(self, result: anyhow::Result<Vec<Appended>>) {
-        if let Ok(appended) = &result {
-            (self.on_commit)(appended);
+    fn parts(&self) -> impl Iterator<Item = Work<'_>> {
+        self.works
+            .iter()
+            .map(|(changes, batch)| Work { changes, batch })
+    }
+
+    fn size(&self) -> usize {
+        self.works.iter().map(|(c, b)| c.len() + b.len()).sum()
+    }
+
+    fn finish(self, result: anyhow::Result<Vec<Applied>>) {
+        if let Ok(applied) = &result {
+            let all: Vec<Appended> = applied
+                .iter()
+                .flat_map(|a| a.appended.iter().cloned())
+                .collect();
+            (self.on_commit)(&all);
         }
         let _ = self.reply.send(result);
     }
@@ -422,24 +494,24 @@ impl WriteJob {
 /// group fails, each of its appends is retried alone, so one bad request cannot fail others.
 async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
     while let Some(first) = jobs.recv().await {
+        let mut events = first.size();
         let mut group = vec![first];
-        let mut events = group[0].batch.len();
         while events < MAX_GROUP_EVENTS {
             match jobs.try_recv() {
                 Ok(job) => {
-                    events += job.batch.len();
+                    events += job.size();
                     group.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let items: Vec<&NewEvent> = group.iter().flat_map(|j| j.batch.iter()).collect();
-        match append_group(&pool, &items).await {
+        let parts: Vec<Work<'_>> = group.iter().flat_map(WriteJob::parts).collect();
+        match write_group(&pool, &parts).await {
             Ok(results) => {
                 // In group order, which is cursor order: live frames leave in commit order.
                 let mut results = results.into_iter();
                 for job in group {
-                    let mine: Vec<Appended> = results.by_ref().take(job.batch.len()).collect();
+                    let mine: Vec<Applied> = results.by_ref().take(job.works.len()).collect();
                     job.finish(Ok(mine));
                 }
             }
@@ -450,8 +522,8 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
             }
             Err(_) => {
                 for job in group {
-                    let items: Vec<&NewEvent> = job.batch.iter().collect();
-                    let result = append_group(&pool, &items).await;
+                    let parts: Vec<Work<'_>> = job.parts().collect();
+                    let result = write_group(&pool, &parts).await;
                     job.finish(result);
                 }
             }
@@ -461,18 +533,24 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append_then(
+    async fn apply_many(
         &self,
-        batch: Vec<NewEvent>,
+        works: Vec<(Vec<Change>, Vec<NewEvent>)>,
         on_commit: OnCommit,
-    ) -> anyhow::Result<Vec<Appended>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+    ) -> anyhow::Result<Vec<Applied>> {
+        if works.iter().all(|(c, b)| c.is_empty() && b.is_empty()) {
+            return Ok(works
+                .iter()
+                .map(|_| Applied {
+                    outcomes: Vec::new(),
+                    appended: Vec::new(),
+                })
+                .collect());
         }
         let (reply, result) = oneshot::channel();
         self.writes
             .send(WriteJob {
-                batch,
+                works,
                 on_commit,
                 reply,
             })
@@ -481,6 +559,39 @@ impl Store for SqliteStore {
         result
             .await
             .context("the store writer dropped the request")?
+    }
+
+    async fn get_match(&self, id: Uuid) -> anyhow::Result<Option<Match>> {
+        sqlite_play::get_match(&self.reader, id).await
+    }
+
+    async fn live_matches(&self) -> anyhow::Result<Vec<Match>> {
+        sqlite_play::live_matches(&self.reader).await
+    }
+
+    async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>> {
+        sqlite_play::pending_challenges(&self.reader).await
+    }
+
+    async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {
+        sqlite_play::user_known(&self.reader, user).await
+    }
+
+    async fn rating(
+        &self,
+        user: &UserId,
+        discipline: Discipline,
+    ) -> anyhow::Result<Option<Rating>> {
+        sqlite_play::rating(&self.reader, user, discipline).await
+    }
+
+    async fn leaderboard(
+        &self,
+        discipline: Discipline,
+        offset: u32,
+        limit: u32,
+    ) -> anyhow::Result<Vec<LeaderboardEntry>> {
+        sqlite_play::leaderboard(&self.reader, discipline, offset, limit).await
     }
 
     async fn events_after(

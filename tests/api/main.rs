@@ -6,5 +6,6 @@ mod bad_input;
 mod events;
 mod helpers;
 mod host;
+mod matchmaking;
 mod notifications;
 mod openapi;

@@ -1,10 +1,10 @@
 //! `GET /openapi.json`: the whole HTTP surface is documented, and the schemas agree with what
 //! the server really sends.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app};
 
@@ -64,6 +64,42 @@ fn fields(doc: &Value, schema: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
     (properties, required)
 }
 
+/// `served` carries exactly the properties of the schema `name`, and every one of them is
+/// required except those in `optional` (left out when they do not apply).
+fn assert_sent_as(doc: &Value, name: &str, served: &Value, optional: &[&str]) {
+    let schema = &doc["components"]["schemas"][name];
+    assert!(schema.is_object(), "no schema {name}");
+    let (properties, required) = fields(doc, schema);
+    assert_eq!(keys(served), properties, "{name}: {served}");
+    let always: BTreeSet<String> = properties
+        .iter()
+        .filter(|p| !optional.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(required, always, "{name}: the fields that are always sent");
+}
+
+async fn post_json(app: &TestApp, token: &str, path: &str, body: Value) -> Value {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{path}: {body}");
+    body
+}
+
+async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
+    let response = app.get_as(token, path).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
 fn keys(object: &Value) -> BTreeSet<String> {
     object
         .as_object()
@@ -106,6 +142,18 @@ async fn the_document_lists_every_endpoint_with_its_method() {
         ("/v1/notifications/read", "post"),
         ("/v1/notify", "post"),
         ("/v1/broadcast", "post"),
+        ("/v1/queue", "post"),
+        ("/v1/queue", "delete"),
+        ("/v1/me/match", "get"),
+        ("/v1/challenges", "post"),
+        ("/v1/challenges/{id}/accept", "post"),
+        ("/v1/challenges/{id}/decline", "post"),
+        ("/v1/matches/{id}", "get"),
+        ("/v1/matches/{id}/ready", "post"),
+        ("/v1/matches/{id}/cancel", "post"),
+        ("/v1/matches/{id}/result", "post"),
+        ("/v1/leaderboard", "get"),
+        ("/v1/ascents", "post"),
         ("/v1/dev/token", "post"),
         ("/v1/dev/config", "get"),
         ("/healthz", "get"),
@@ -113,11 +161,14 @@ async fn the_document_lists_every_endpoint_with_its_method() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
     ];
+    let mut methods: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for (path, method) in surface {
-        let item = &doc["paths"][path];
-        assert_eq!(keys(item), BTreeSet::from([method.to_owned()]), "{path}");
+        methods.entry(path).or_default().insert(method.to_owned());
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), surface.len());
+    for (path, methods) in &methods {
+        assert_eq!(&keys(&doc["paths"][path]), methods, "{path}");
+    }
+    assert_eq!(doc["paths"].as_object().unwrap().len(), methods.len());
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["api_key"]["name"], "X-Api-Key");
@@ -152,4 +203,131 @@ async fn a_served_notification_has_exactly_the_fields_of_its_schema() {
     let (properties, required) = fields(&doc, &schemas["PostLiked"]);
     assert_eq!(keys(&served["data"]), properties, "{served}");
     assert_eq!(required, properties, "every field of a like is always sent");
+}
+
+#[actix_web::test]
+async fn every_refusal_is_an_error_body_and_every_climber_endpoint_takes_a_bearer_token() {
+    let app = spawn_app().await;
+
+    let doc = document(&app).await;
+
+    let operations = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().unwrap();
+            methods.iter().map(move |(method, op)| (path, method, op))
+        });
+    for (path, method, op) in operations {
+        let at = format!("{method} {path}");
+        if op["tags"] == json!(["user"]) {
+            assert_eq!(op["security"], json!([{"bearer": []}]), "{at}");
+        }
+        let responses = op["responses"].as_object().unwrap();
+        assert!(!responses.is_empty(), "{at}");
+        for (status, response) in responses {
+            let description = response["description"].as_str().unwrap_or_default();
+            if status.as_str() < "400" {
+                continue;
+            }
+            assert_eq!(
+                response["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{at} {status}"
+            );
+            assert!(
+                description.starts_with('`'),
+                "{at} {status} names its error kinds: {description}"
+            );
+        }
+    }
+    let path_params = |path: &str, method: &str| -> Vec<Value> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameters"))
+            .iter()
+            .filter(|p| p["in"] == "path")
+            .cloned()
+            .collect()
+    };
+    for (path, method) in [
+        ("/v1/challenges/{id}/accept", "post"),
+        ("/v1/challenges/{id}/decline", "post"),
+        ("/v1/matches/{id}", "get"),
+        ("/v1/matches/{id}/ready", "post"),
+        ("/v1/matches/{id}/cancel", "post"),
+        ("/v1/matches/{id}/result", "post"),
+    ] {
+        let params = path_params(path, method);
+        assert_eq!(params.len(), 1, "{method} {path}: {params:?}");
+        assert_eq!(params[0]["name"], "id");
+        assert_eq!(params[0]["required"], true);
+        assert_eq!(params[0]["schema"]["format"], "uuid", "{method} {path}");
+    }
+}
+
+#[actix_web::test]
+async fn a_served_match_and_standing_have_exactly_the_fields_of_their_schemas() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+
+    let queued = post_json(&app, &ana, "/v1/queue", json!({"discipline": "boulder"})).await;
+    post_json(&app, &bob, "/v1/queue", json!({"discipline": "boulder"})).await;
+    let standing = get_json(&app, &ana, "/v1/me/match").await;
+    let match_id = standing["match"]["match_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("ana is in a match: {standing}"));
+    let served = get_json(&app, &ana, &format!("/v1/matches/{match_id}")).await;
+    let doc = document(&app).await;
+
+    assert!(queued["queue"].is_object(), "{queued}");
+    assert!(queued["match"].is_null(), "{queued}");
+    assert_sent_as(&doc, "MeView", &queued, &[]);
+    assert_sent_as(&doc, "QueueView", &queued["queue"], &[]);
+    assert!(standing["queue"].is_null(), "{standing}");
+    assert_sent_as(&doc, "MeView", &standing, &[]);
+    assert_sent_as(&doc, "ChallengeLists", &standing["challenges"], &[]);
+    assert_eq!(standing["match"], served);
+    assert_eq!(served["status"], "ready_check");
+    assert_sent_as(&doc, "Match", &served, &[]);
+    let players = served["players"].as_array().unwrap();
+    assert_eq!(players.len(), 2);
+    for player in players {
+        // A queue match: both players have a queue time.
+        assert_sent_as(&doc, "Player", player, &["queued_since"]);
+    }
+}
+
+#[actix_web::test]
+async fn a_served_challenge_leaderboard_and_ascent_have_exactly_the_fields_of_their_schemas() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+    // Only climbers who have signed in can be challenged.
+    get_json(&app, &bob, "/v1/me/match").await;
+
+    let challenge = post_json(
+        &app,
+        &ana,
+        "/v1/challenges",
+        json!({"opponent": "bob", "discipline": "lead"}),
+    )
+    .await;
+    let standing = get_json(&app, &bob, "/v1/me/match").await;
+    let board = get_json(&app, &ana, "/v1/leaderboard?discipline=boulder").await;
+    let ascent = post_json(
+        &app,
+        &ana,
+        "/v1/ascents",
+        json!({"route_id": "r1", "discipline": "boulder", "grade": "6A"}),
+    )
+    .await;
+    let doc = document(&app).await;
+
+    assert_sent_as(&doc, "Challenge", &challenge, &[]);
+    assert_eq!(standing["challenges"]["incoming"][0], challenge);
+    assert_sent_as(&doc, "LeaderboardPage", &board, &[]);
+    assert_sent_as(&doc, "AscentOutcome", &ascent, &[]);
 }

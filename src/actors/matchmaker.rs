@@ -1,0 +1,390 @@
+//! `MatchmakerActor`: owns the matchmaking [`Engine`] for this node and drives it: commands from
+//! HTTP handlers, and a timer set to the engine's next deadline or widening window.
+//!
+//! Each accepted command changes the engine at once (so the next command sees it) and hands
+//! its [`Step`] to the committer, a task that writes steps in the order they were made,
+//! merging those waiting into one transaction. A handler answers its client only after its
+//! step is committed, so a 2xx means the state and the events are stored.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::domain::{Challenge, Discipline, Match, UserId};
+use crate::matchmaking::Millis;
+use crate::matchmaking::engine::{Engine, QueueSpot, Refusal, Step};
+use crate::matchmaking::pool::QueueKey;
+use crate::metrics::Metrics;
+use crate::notifier::Notifier;
+
+/// Steps merged into one store transaction at most.
+const MAX_STEPS_PER_COMMIT: usize = 512;
+/// Shortest sleep between two ticks, so a deadline that keeps landing in the past cannot spin.
+const MIN_TICK: Duration = Duration::from_millis(5);
+
+/// Why a matchmaking command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchmakingError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("storing the change failed: {0}")]
+    Store(String),
+}
+
+type Reply<T> = Result<T, MatchmakingError>;
+
+fn now_ms() -> Millis {
+    Utc::now().timestamp_millis()
+}
+
+/// A step on its way to the store, with whoever waits for it.
+struct Commit {
+    step: Step,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Writes steps in order; everything waiting when a write starts goes into the next one.
+async fn committer(notifier: Notifier, mut steps: mpsc::UnboundedReceiver<Commit>) {
+    while let Some(first) = steps.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_STEPS_PER_COMMIT {
+            match steps.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut works = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        for commit in group {
+            works.push((commit.step.changes, commit.step.events));
+            waiting.push(commit.done);
+        }
+        let result = notifier
+            .apply(works)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
+        if let Err(error) = &result {
+            tracing::error!(%error, "committing matchmaking changes");
+        }
+        for done in waiting.into_iter().flatten() {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+pub struct MatchmakerActor {
+    engine: Engine,
+    commits: mpsc::UnboundedSender<Commit>,
+    /// The pending timer and when it fires.
+    timer: Option<(Millis, SpawnHandle)>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl MatchmakerActor {
+    /// Starts the committer task; must run inside a Tokio runtime.
+    pub fn new(engine: Engine, notifier: Notifier, metrics: std::sync::Arc<Metrics>) -> Self {
+        let (commits, steps) = mpsc::unbounded_channel();
+        tokio::spawn(committer(notifier, steps));
+        MatchmakerActor {
+            engine,
+            commits,
+            timer: None,
+            metrics,
+        }
+    }
+
+    /// Queues `step` for the store; the future resolves once it is committed.
+    fn commit(&self, step: Step) -> impl Future<Output = Result<(), MatchmakingError>> + use<> {
+        let (done, committed) = oneshot::channel();
+        let sent = if step.is_empty() {
+            let _ = done.send(Ok(()));
+            Ok(())
+        } else {
+            self.commits.send(Commit {
+                step,
+                done: Some(done),
+            })
+        };
+        async move {
+            sent.map_err(|_| MatchmakingError::Store("the committer has stopped".into()))?;
+            committed
+                .await
+                .map_err(|_| MatchmakingError::Store("the committer has stopped".into()))?
+                .map_err(MatchmakingError::Store)
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let (matches, challenges) = self.engine.counts();
+        let gauge = |g: &std::sync::atomic::AtomicI64, n: usize| {
+            g.store(
+                i64::try_from(n).unwrap_or(i64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        };
+        gauge(&self.metrics.queue_tickets, self.engine.pool().len());
+        gauge(&self.metrics.matches_live, matches);
+        gauge(&self.metrics.challenges_pending, challenges);
+    }
+
+    /// Sets the timer to the engine's next wake-up if that is earlier than the one set.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        self.publish_gauges();
+        let now = now_ms();
+        let Some(wake) = self.engine.next_wake(now) else {
+            return;
+        };
+        if let Some((at, handle)) = self.timer {
+            if at <= wake {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0)).max(MIN_TICK);
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            let step = act.engine.tick(now_ms());
+            act.count(&step);
+            if !step.is_empty() {
+                let _ = act.commits.send(Commit { step, done: None });
+            }
+            act.arm(ctx);
+        });
+        self.timer = Some((wake, handle));
+    }
+
+    fn count(&self, step: &Step) {
+        let found = step
+            .events
+            .iter()
+            .filter(|e| matches!(e.event, crate::domain::Event::MatchFound { .. }))
+            .count();
+        Metrics::add(&self.metrics.matches_made, (found / 2) as u64);
+    }
+
+    /// Runs one command: on success the step is committed before the reply resolves.
+    fn run<T: Send + 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        outcome: Result<(T, Step), Refusal>,
+    ) -> ResponseFuture<Reply<T>> {
+        match outcome {
+            Err(refusal) => Box::pin(async move { Err(refusal.into()) }),
+            Ok((value, step)) => {
+                self.count(&step);
+                let committed = self.commit(step);
+                self.arm(ctx);
+                Box::pin(async move { committed.await.map(|()| value) })
+            }
+        }
+    }
+}
+
+impl Actor for MatchmakerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Commands queue up behind a burst of joins rather than being refused.
+        ctx.set_mailbox_capacity(usize::MAX);
+        self.arm(ctx);
+    }
+}
+
+/// Where a climber stands: queue, match, challenges.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub queue: Option<QueueSpot>,
+    /// The match holding them, if any.
+    pub current: Option<Match>,
+    /// Their latest match when none holds them (read it from the store).
+    pub recent: Option<Uuid>,
+    pub incoming: Vec<Challenge>,
+    pub outgoing: Vec<Challenge>,
+}
+
+impl MatchmakerActor {
+    fn standing(&self, user: &UserId) -> Standing {
+        let current = self.engine.current_match(user).cloned();
+        let recent = match &current {
+            Some(_) => None,
+            None => self.engine.recent_match(user),
+        };
+        let (incoming, outgoing) = self.engine.challenges_of(user);
+        Standing {
+            queue: self.engine.queue_spot(user),
+            current,
+            recent,
+            incoming: incoming.into_iter().cloned().collect(),
+            outgoing: outgoing.into_iter().cloned().collect(),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Standing>")]
+pub struct Join {
+    pub user: UserId,
+    pub queue: QueueKey,
+    pub rating: f64,
+}
+
+impl Handler<Join> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Standing>>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self
+            .engine
+            .join(&msg.user, msg.queue, msg.rating, now_ms())
+            .map(|step| (self.standing(&msg.user), step));
+        self.run(ctx, outcome)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Standing>")]
+pub struct Leave {
+    pub user: UserId,
+}
+
+impl Handler<Leave> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Standing>>;
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self
+            .engine
+            .leave(&msg.user)
+            .map(|_| (self.standing(&msg.user), Step::default()));
+        self.run(ctx, outcome)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Standing")]
+pub struct GetStanding {
+    pub user: UserId,
+}
+
+impl Handler<GetStanding> for MatchmakerActor {
+    type Result = MessageResult<GetStanding>;
+
+    fn handle(&mut self, msg: GetStanding, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.standing(&msg.user))
+    }
+}
+
+/// A match that has not ended (None: ended or unknown; read the store).
+#[derive(Message)]
+#[rtype(result = "Option<Match>")]
+pub struct GetLiveMatch {
+    pub id: Uuid,
+}
+
+impl Handler<GetLiveMatch> for MatchmakerActor {
+    type Result = MessageResult<GetLiveMatch>;
+
+    fn handle(&mut self, msg: GetLiveMatch, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.engine.live_match(msg.id).cloned())
+    }
+}
+
+/// A pending challenge (None: unknown, answered or expired).
+#[derive(Message)]
+#[rtype(result = "Option<Challenge>")]
+pub struct GetChallenge {
+    pub id: Uuid,
+}
+
+impl Handler<GetChallenge> for MatchmakerActor {
+    type Result = MessageResult<GetChallenge>;
+
+    fn handle(&mut self, msg: GetChallenge, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.engine.pending_challenge(msg.id).cloned())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Challenge>")]
+pub struct SendChallenge {
+    pub from: UserId,
+    pub to: UserId,
+    pub discipline: Discipline,
+}
+
+impl Handler<SendChallenge> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Challenge>>;
+
+    fn handle(&mut self, msg: SendChallenge, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self
+            .engine
+            .challenge(&msg.from, &msg.to, msg.discipline, now_ms());
+        self.run(ctx, outcome)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Match>")]
+pub struct Accept {
+    pub id: Uuid,
+    pub user: UserId,
+    /// The challenger's rating, then the accepting climber's.
+    pub ratings: (f64, f64),
+}
+
+impl Handler<Accept> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Match>>;
+
+    fn handle(&mut self, msg: Accept, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self.engine.accept(msg.id, &msg.user, msg.ratings, now_ms());
+        self.run(ctx, outcome)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Challenge>")]
+pub struct Decline {
+    pub id: Uuid,
+    pub user: UserId,
+}
+
+impl Handler<Decline> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Challenge>>;
+
+    fn handle(&mut self, msg: Decline, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self.engine.decline(msg.id, &msg.user, now_ms());
+        self.run(ctx, outcome)
+    }
+}
+
+/// What a player does to their match.
+#[derive(Debug, Clone)]
+pub enum MatchAction {
+    Ready,
+    Cancel,
+    Report { winner: UserId },
+}
+
+#[derive(Message)]
+#[rtype(result = "Reply<Match>")]
+pub struct Act {
+    pub id: Uuid,
+    pub user: UserId,
+    pub action: MatchAction,
+}
+
+impl Handler<Act> for MatchmakerActor {
+    type Result = ResponseFuture<Reply<Match>>;
+
+    fn handle(&mut self, msg: Act, ctx: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        let outcome = match &msg.action {
+            MatchAction::Ready => self.engine.ready(msg.id, &msg.user, now),
+            MatchAction::Cancel => self.engine.cancel(msg.id, &msg.user, now),
+            MatchAction::Report { winner } => self.engine.report(msg.id, &msg.user, winner, now),
+        };
+        self.run(ctx, outcome)
+    }
+}

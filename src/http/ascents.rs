@@ -1,0 +1,98 @@
+//! `POST /v1/ascents`: a climber logs a send. A first send of the route gives
+//! `route_completed`; a new hardest grade or fastest time gives `personal_record`.
+
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::openapi::{BearerRefusal, JsonBodyRefusal};
+use super::{AppState, auth::AuthUser};
+use crate::domain::grade::validate_time_ms;
+use crate::domain::{AscentOutcome, AscentResult, Discipline, Grade, NewAscent, RouteId};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{Change, ChangeOutcome};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"route_id": "r1", "discipline": "boulder", "grade": "7A+"}))]
+pub struct AscentBody {
+    pub route_id: RouteId,
+    pub discipline: Discipline,
+    /// Boulder: Fontainebleau (`7A+`) or V-scale (`V6`); lead: French (`7a+`).
+    #[serde(default)]
+    pub grade: Option<String>,
+    /// Speed: the time in milliseconds.
+    #[serde(default)]
+    pub time_ms: Option<u64>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/ascents",
+    tag = "user",
+    summary = "Logs a send of a route",
+    description = "A first send of the route gives `route_completed`; a new hardest grade \
+        (boulder, lead) or fastest time (speed) in the discipline gives `personal_record`.",
+    request_body = AscentBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The ascent was logged", body = AscentOutcome),
+        (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
+            `invalid_request`: a missing or unknown field, an invalid `route_id`, an unknown \
+            `discipline`, both `grade` and `time_ms`, no `grade` for boulder or lead, no \
+            `time_ms` for speed, a grade not of the discipline's scale, or a time outside 1 \
+            second to 10 minutes"),
+        BearerRefusal,
+        JsonBodyRefusal,
+    )
+)]
+pub async fn log_ascent(
+    AuthUser(user): AuthUser,
+    body: web::Json<AscentBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let result = match (body.discipline, body.grade, body.time_ms) {
+        (_, Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either grade (boulder, lead) or time_ms (speed), not both",
+            ));
+        }
+        (Discipline::Speed, None, Some(ms)) => {
+            AscentResult::TimeMs(validate_time_ms(ms).map_err(ApiError::bad_request)?)
+        }
+        (Discipline::Speed, _, None) => {
+            return Err(ApiError::bad_request("speed ascents need time_ms"));
+        }
+        (discipline, Some(raw), None) => {
+            AscentResult::Grade(Grade::parse(discipline, &raw).map_err(ApiError::bad_request)?)
+        }
+        (_, None, _) => {
+            return Err(ApiError::bad_request(
+                "boulder and lead ascents need a grade",
+            ));
+        }
+    };
+    let ascent = NewAscent {
+        ascent_id: Uuid::now_v7(),
+        user,
+        route_id: body.route_id,
+        discipline: body.discipline,
+        result,
+        at: Utc::now(),
+    };
+    let applied = state
+        .notifier
+        .apply(vec![(vec![Change::Ascent(ascent)], Vec::new())])
+        .await?;
+    match applied
+        .into_iter()
+        .next()
+        .and_then(|a| a.outcomes.into_iter().next())
+    {
+        Some(ChangeOutcome::Ascent(outcome)) => Ok(HttpResponse::Created().json(outcome)),
+        _ => Err(anyhow::anyhow!("the store did not report the ascent").into()),
+    }
+}
