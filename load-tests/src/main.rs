@@ -1,7 +1,9 @@
-//! `belay-load`: load generator for the Belay notification server (one subcommand per scenario).
+//! `belay-load`: load generator for the Belay notification server (one subcommand per scenario),
+//! and a simulator of its matchmaking pool.
 
 mod common;
 mod notify;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,9 @@ enum Scenario {
     /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
     /// and measure delivery latency, loss and ordering.
     Notify(notify::NotifyArgs),
+    /// Feed the pairing pool (no server) with simulated arrivals and compare Belay's default
+    /// policy with grid-searched linear and step policies, FIFO and a 15-second batch.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[tokio::main]
@@ -27,6 +32,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Notify(args) => notify::run(args).await,
+        // CPU-bound and single-shot: nothing else runs on the runtime meanwhile.
+        Scenario::Simulate(args) => simulate::run(args),
     };
     // Print the context chain on one line, not anyhow's Debug form: with RUST_BACKTRACE set
     // that adds a stack trace the operator does not need for "server not running".

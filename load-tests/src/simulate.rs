@@ -22,7 +22,8 @@ const MAX_ARRIVALS: f64 = 5_000_000.0;
 const TARGETS: [(f64, f64, f64, f64); 2] = [(0.5, 3.0, 30.0, 80.0), (2.0, 1.0, 12.0, 93.0)];
 
 /// The issue's best simple policy at the same rates: (arrivals/s, median s, p95 s, fair %).
-const ISSUE_SIMPLE_BEST: [(f64, f64, f64, f64); 2] = [(0.5, 3.0, 35.0, 81.0), (2.0, 0.3, 14.0, 93.0)];
+const ISSUE_SIMPLE_BEST: [(f64, f64, f64, f64); 2] =
+    [(0.5, 3.0, 35.0, 81.0), (2.0, 0.3, 14.0, 93.0)];
 
 /// Grid of the linear baseline: initial window × widening per second × cap.
 const LINEAR_INITIAL: [f64; 5] = [0.0, 35.0, 50.0, 70.0, 100.0];
@@ -81,13 +82,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         Some(json) => serde_json::from_str(json).context("parsing --policy")?,
         None => Policy::default(),
     };
-    if !(args.hours > 0.0) || !(args.rating_sd >= 0.0) {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    let sd_ok = args.rating_sd.is_finite() && args.rating_sd >= 0.0;
+    if !positive(args.hours) || !sd_ok {
         bail!("--hours must be positive and --rating-sd not negative");
     }
     let started = std::time::Instant::now();
     let mut reports = Vec::new();
     for &rate in &args.rates {
-        if !(rate > 0.0) || rate * args.hours * 3600.0 > MAX_ARRIVALS {
+        if !positive(rate) || rate * args.hours * 3600.0 > MAX_ARRIVALS {
             bail!("rate {rate}/s gives no arrivals or more than {MAX_ARRIVALS} per run");
         }
         let sessions = (0..args.runs)
@@ -293,7 +296,11 @@ impl Matcher for Batch {
             .collect::<Vec<_>>()
             .into_iter();
         while let (Some(x), Some(y)) = (rest.next(), rest.next()) {
-            let (a, b) = if x.queued_at <= y.queued_at { (x, y) } else { (y, x) };
+            let (a, b) = if x.queued_at <= y.queued_at {
+                (x, y)
+            } else {
+                (y, x)
+            };
             out.push((a, b));
         }
     }
@@ -498,7 +505,13 @@ fn summarize<'a>(fates: impl Iterator<Item = &'a Fate>) -> Summary {
         let rank = ((p * waits.len() as f64).ceil() as usize).clamp(1, waits.len());
         waits[rank - 1] as f64 / 1000.0
     };
-    let per_matched = |x: f64| if matched == 0 { f64::NAN } else { x / matched as f64 };
+    let per_matched = |x: f64| {
+        if matched == 0 {
+            f64::NAN
+        } else {
+            x / matched as f64
+        }
+    };
     Summary {
         players: waits.len() as u64,
         matched,
@@ -548,7 +561,12 @@ fn pool_fates(args: &SimulateArgs, sessions: &[Session], policy: &Policy) -> Vec
     })
 }
 
-fn pool_outcome(args: &SimulateArgs, sessions: &[Session], label: &str, policy: &Policy) -> Outcome {
+fn pool_outcome(
+    args: &SimulateArgs,
+    sessions: &[Session],
+    label: &str,
+    policy: &Policy,
+) -> Outcome {
     outcome(label, describe(policy), &pool_fates(args, sessions, policy))
 }
 
@@ -691,7 +709,13 @@ fn best_of(grid: &[Outcome], belay: &Outcome, family: &str) -> [Outcome; 2] {
                 .then(y.median_wait_s.total_cmp(&x.median_wait_s))
                 .then(y.p95_wait_s.total_cmp(&x.p95_wait_s))
         })
-        .map_or_else(|| none(by_fair.clone()), |o| Outcome { label: by_fair.clone(), ..o.clone() });
+        .map_or_else(
+            || none(by_fair.clone()),
+            |o| Outcome {
+                label: by_fair.clone(),
+                ..o.clone()
+            },
+        );
     // Quickest p95 among those at least as fair as Belay (ties: lower median, then more fair).
     let by_wait = format!("best {family}: min p95, fair >= Belay's");
     let quickest = grid
@@ -703,7 +727,13 @@ fn best_of(grid: &[Outcome], belay: &Outcome, family: &str) -> [Outcome; 2] {
                 .then(x.median_wait_s.total_cmp(&y.median_wait_s))
                 .then(y.fair_pct.total_cmp(&x.fair_pct))
         })
-        .map_or_else(|| none(by_wait.clone()), |o| Outcome { label: by_wait.clone(), ..o.clone() });
+        .map_or_else(
+            || none(by_wait.clone()),
+            |o| Outcome {
+                label: by_wait.clone(),
+                ..o.clone()
+            },
+        );
     [most_fair, quickest]
 }
 
@@ -737,9 +767,13 @@ impl RateReport {
                 rows.extend(best_of(&run_grid(args, sessions, &grid), &own, family));
             }
         }
-        rows.push(simulate(args, sessions, "FIFO", "two longest waiting, at once".into(), || {
-            Box::new(Fifo::default())
-        }));
+        rows.push(simulate(
+            args,
+            sessions,
+            "FIFO",
+            "two longest waiting, at once".into(),
+            || Box::new(Fifo::default()),
+        ));
         rows.push(simulate(
             args,
             sessions,
@@ -775,13 +809,30 @@ impl RateReport {
                 String::new()
             },
         );
+        // The "left" column only when players may abandon (--abandon-after).
+        let abandons = args.abandon_after > 0;
+        let left = |n: u64| {
+            if abandons {
+                format!(" {n:>6}")
+            } else {
+                String::new()
+            }
+        };
         println!(
-            "  {:<38} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>8}  policy",
-            "", "matches", "median", "p95", "gap", "fair", "waiting", "oldest"
+            "  {:<38} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>8}{}  policy",
+            "",
+            "matches",
+            "median",
+            "p95",
+            "gap",
+            "fair",
+            "waiting",
+            "oldest",
+            if abandons { "   left" } else { "" }
         );
         for o in &self.rows {
             println!(
-                "  {:<38} {:>7} {:>6.1}s {:>6.1}s {:>6.1} {:>5.1}% {:>7} {:>7.0}s  {}",
+                "  {:<38} {:>7} {:>6.1}s {:>6.1}s {:>6.1} {:>5.1}% {:>7} {:>7.0}s{}  {}",
                 o.label,
                 o.matches,
                 o.median_wait_s,
@@ -790,7 +841,17 @@ impl RateReport {
                 o.fair_pct,
                 o.waiting_at_end,
                 o.oldest_waiting_s,
+                left(o.abandoned),
                 o.policy
+            );
+        }
+        if self.grid_points > 0 {
+            println!(
+                "  best of {} linear and {} step policies: \"max fair\" = the fairest whose p95 is \
+                 no worse than Belay's; \"min p95\" = the shortest p95 at least as fair as \
+                 Belay's (ties: lower median)",
+                linear_grid().len(),
+                step_grid().len()
             );
         }
         if let Some(own) = self.rows.first() {
@@ -825,18 +886,27 @@ impl RateReport {
     fn print_targets(&self, own: &Outcome) {
         let rate = self.arrivals_per_sec;
         if let Some(&(_, median, p95, fair)) = TARGETS.iter().find(|t| t.0 == rate) {
-            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+            // How far inside (positive) or outside (negative) each target Belay's default is.
+            let verdict = |margin: f64, unit: &str| {
+                if margin >= 0.0 {
+                    "met".to_owned()
+                } else {
+                    format!("MISSED by {:.2}{unit}", -margin)
+                }
+            };
             println!(
-                "  targets: median <= {median} s ({}), p95 <= {p95} s ({}), fair >= {fair}% ({})",
-                verdict(own.median_wait_s <= median),
-                verdict(own.p95_wait_s <= p95),
-                verdict(own.fair_pct >= fair),
+                "  targets: median {:.2} s <= {median} s {}; p95 {:.2} s <= {p95} s {}; \
+                 fair {:.2}% >= {fair}% {}",
+                own.median_wait_s,
+                verdict(median - own.median_wait_s, " s"),
+                own.p95_wait_s,
+                verdict(p95 - own.p95_wait_s, " s"),
+                own.fair_pct,
+                verdict(own.fair_pct - fair, " points"),
             );
         }
         if let Some(&(_, median, p95, fair)) = ISSUE_SIMPLE_BEST.iter().find(|t| t.0 == rate) {
-            println!(
-                "  issue's best simple policy: median {median} s, p95 {p95} s, {fair}% fair"
-            );
+            println!("  issue's best simple policy: median {median} s, p95 {p95} s, {fair}% fair");
         }
         println!(
             "  waits count everyone who arrived (still waiting: their wait so far); gap and fair \

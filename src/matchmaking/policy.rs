@@ -41,7 +41,8 @@ pub struct Policy {
     pub step: f64,
     /// How fast the window widens after the hold, in rating points per second.
     pub widen_per_sec: f64,
-    /// Widest window a ticket ever accepts; players further than this from everyone keep waiting.
+    /// Widest window a ticket ever accepts (`inf`: no cap, so nobody waits forever while others
+    /// wait too); players further than this from everyone keep waiting.
     pub max_window: f64,
     /// Rating gap that counts as fair when measuring how often fair opponents join.
     pub fair_gap: f64,
