@@ -36,6 +36,10 @@ impl Notifier {
         self.store.append_then(batch, publish).await
     }
 
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Commits matchmaking works (state changes and the events they cause) in one transaction,
     /// then publishes the events, in order.
     pub async fn apply(

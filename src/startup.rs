@@ -15,13 +15,12 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
+use crate::actors::matchmaker::load_engine;
 use crate::actors::{Hub, HubSet, MatchmakerActor, Registry, SessionLimiter};
 use crate::config::Settings;
 use crate::error::extractors;
 use crate::http::limits::RateLimiter;
 use crate::http::{self, AppState, WorkerHub, auth::Authenticator};
-use crate::matchmaking::engine::Engine;
-use crate::matchmaking::pool::Pool;
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::sse::StaticFrames;
@@ -69,18 +68,15 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let notifier = Notifier::new(store.clone(), hubs.clone(), metrics.clone());
-        let mut engine = Engine::new(
-            Pool::new(settings.matchmaking.policy.clone()),
+        let (engine, restored) = load_engine(
+            store.as_ref(),
+            settings.matchmaking.policy.clone(),
             settings.matchmaking.timing(),
-        );
-        engine.restore(
-            store.live_matches().await.context("reading live matches")?,
-            store
-                .pending_challenges()
-                .await
-                .context("reading pending challenges")?,
-        );
-        let matchmaker = MatchmakerActor::new(engine, notifier.clone(), metrics.clone()).start();
+        )
+        .await
+        .context("restoring matchmaking")?;
+        let matchmaker =
+            MatchmakerActor::new(engine, restored, notifier.clone(), metrics.clone()).start();
         let state = web::Data::new(AppState {
             matchmaker,
             known_users: Default::default(),

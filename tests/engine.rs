@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use belay::domain::event::CancelReason;
 use belay::domain::{
-    Challenge, ChallengeStatus, Discipline, Event, Match, MatchOrigin, MatchStatus, Scope, UserId,
+    Challenge, ChallengeStatus, Discipline, Event, Match, MatchOrigin, MatchStatus, QueuedTicket,
+    Scope, UserId,
 };
 use belay::matchmaking::Millis;
 use belay::matchmaking::engine::{Engine, QueueSpot, Refusal, Step, Timing};
@@ -110,7 +111,13 @@ fn new_match(step: &Step) -> Match {
 
 /// Queues `a` then `b` at 1500 and 1510 in boulder at `now`: they are paired at once.
 fn pair(engine: &mut Engine, a: &UserId, b: &UserId, now: Millis) -> Uuid {
-    assert!(engine.join(a, boulder(), 1500.0, now).unwrap().is_empty());
+    assert!(
+        engine
+            .join(a, boulder(), 1500.0, now)
+            .unwrap()
+            .events
+            .is_empty()
+    );
     let step = engine.join(b, boulder(), 1510.0, now).unwrap();
     new_match(&step).match_id
 }
@@ -293,9 +300,11 @@ enum Op {
         user: usize,
     },
     Tick,
-    /// Jump just past the next deadline, then tick.
+    /// Jump to the next deadline or a little past it, then tick, or not: then the next
+    /// command meets the deadline before the engine has acted on it.
     Timeout {
         extra: u16,
+        tick: bool,
     },
     Ready {
         target: (Pick, usize),
@@ -331,6 +340,8 @@ struct Run {
     now: Millis,
     users: Vec<UserId>,
     queued: BTreeMap<UserId, Queued>,
+    /// The queue tickets as the store has them, from the steps' SaveTicket / DropTicket.
+    stored: BTreeMap<UserId, QueuedTicket>,
     /// The match holding each climber: from `match_found` until they report or it ends.
     held: BTreeMap<UserId, Uuid>,
     recent: BTreeMap<UserId, Uuid>,
@@ -364,6 +375,7 @@ impl Run {
             now: START,
             users: (0..users).map(user).collect(),
             queued: BTreeMap::new(),
+            stored: BTreeMap::new(),
             held: BTreeMap::new(),
             recent: BTreeMap::new(),
             live: BTreeMap::new(),
@@ -388,17 +400,23 @@ impl Run {
         )
     }
 
+    /// What to compare after the command, when the model expects a refusal.
+    fn before(&self, expected: Result<(), Refusal>) -> Option<Snapshot> {
+        expected.is_err().then(|| self.snapshot())
+    }
+
     fn refused(
         &self,
-        before: &Snapshot,
+        before: Option<Snapshot>,
         got: Refusal,
         expected: Result<(), Refusal>,
     ) -> Result<(), TestCaseError> {
         prop_assert_eq!(Err(got), expected, "the refusal differs from the model's");
+        let before = before.unwrap();
         let after = self.snapshot();
         prop_assert_eq!(
             &after,
-            before,
+            &before,
             "a refused command ({:?}) changed the engine",
             got
         );
@@ -505,7 +523,7 @@ impl Run {
     }
 
     fn apply(&mut self, dt: Millis, op: &Op) -> Result<(), TestCaseError> {
-        if let Op::Timeout { extra } = op {
+        if let Op::Timeout { extra, .. } = op {
             if let Some(deadline) = self.next_deadline() {
                 self.now = self.now.max(deadline) + Millis::from(*extra);
             } else {
@@ -525,7 +543,8 @@ impl Run {
                 self.join(*user, queue(discipline(*lead), scope), f64::from(*rating))?
             }
             Op::Leave { user } => self.leave(*user)?,
-            Op::Tick | Op::Timeout { .. } => self.tick()?,
+            Op::Tick | Op::Timeout { tick: true, .. } => self.tick()?,
+            Op::Timeout { tick: false, .. } => {}
             Op::Ready { target, who } => self.ready(*target, *who)?,
             Op::Cancel { target, who } => self.cancel(*target, *who)?,
             Op::Report {
@@ -553,7 +572,7 @@ impl Run {
         } else {
             Ok(())
         };
-        let before = self.snapshot();
+        let before = self.before(expected);
         let ticket = Ticket {
             user: u.clone(),
             rating,
@@ -561,7 +580,7 @@ impl Run {
         };
         let windows = self.windows(Some((&queue, &ticket)));
         match self.engine.join(&u, queue.clone(), rating, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok(step) => {
                 accepted(expected)?;
                 self.queued.insert(
@@ -588,19 +607,25 @@ impl Run {
                 queued_at: q.since,
             },
         });
-        let before = self.snapshot();
+        let model = if expected.is_some() {
+            Ok(())
+        } else {
+            Err(Refusal::NotQueued)
+        };
+        let before = self.before(model);
         match self.engine.leave(&u) {
-            Err(r) => {
-                let model = if expected.is_some() {
-                    Ok(())
-                } else {
-                    Err(Refusal::NotQueued)
-                };
-                self.refused(&before, r, model)
-            }
-            Ok(spot) => {
+            Err(r) => self.refused(before, r, model),
+            Ok((spot, step)) => {
                 prop_assert_eq!(Some(spot), expected);
+                // Leaving tells nobody; it only forgets the stored ticket.
+                prop_assert!(step.events.is_empty());
+                prop_assert!(
+                    matches!(&step.changes[..], [Change::DropTicket(who)] if *who == u),
+                    "leave wrote {:?}",
+                    step.changes
+                );
                 self.queued.remove(&u);
+                self.stored.remove(&u);
                 Ok(())
             }
         }
@@ -654,10 +679,10 @@ impl Run {
                 Ok(())
             }
         });
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.ready(id, &u, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((m, step)) => {
                 accepted(expected)?;
                 let now = self.now;
@@ -701,14 +726,16 @@ impl Run {
         let expected = self.expect_own(id, &u).and_then(|(live, _)| {
             if live.result_deadline.is_some() {
                 Err(Refusal::NotInReadyCheck)
+            } else if self.now >= live.ready_deadline {
+                Err(Refusal::DeadlinePassed)
             } else {
                 Ok(())
             }
         });
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.cancel(id, &u, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((m, step)) => {
                 accepted(expected)?;
                 let seen = self.absorb(&step, &Cmd::Cancel(id, u), &windows)?;
@@ -729,6 +756,8 @@ impl Run {
         let expected = self.expect_own(id, &u).and_then(|(live, i)| {
             if live.result_deadline.is_none() {
                 Err(Refusal::NotConfirmed)
+            } else if live.result_deadline.is_some_and(|d| self.now >= d) {
+                Err(Refusal::DeadlinePassed)
             } else if live.index(&w).is_none() {
                 Err(Refusal::WinnerNotAPlayer)
             } else if live.reported[i].is_some() {
@@ -737,10 +766,10 @@ impl Run {
                 Ok(())
             }
         });
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.report(id, &u, &w, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((m, step)) => {
                 accepted(expected)?;
                 let mut live = self.live.get(&id).cloned().unwrap();
@@ -806,10 +835,10 @@ impl Run {
         } else {
             Ok(())
         };
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.challenge(&f, &t, d, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((c, step)) => {
                 accepted(expected)?;
                 prop_assert_eq!(&c.from, &f);
@@ -869,10 +898,10 @@ impl Run {
         });
         let c = self.pending.get(&id).cloned();
         let ratings = (f64::from(ratings.0), f64::from(ratings.1));
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.accept(id, &u, ratings, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((m, step)) => {
                 accepted(expected)?;
                 let c = c.unwrap();
@@ -909,10 +938,10 @@ impl Run {
         let u = self.challenge_who(id, who, target.1);
         let expected = self.expect_open(id, &u).map(|_| ());
         let c = self.pending.get(&id).cloned();
-        let before = self.snapshot();
+        let before = self.before(expected);
         let windows = self.windows(None);
         match self.engine.decline(id, &u, self.now) {
-            Err(r) => self.refused(&before, r, expected),
+            Err(r) => self.refused(before, r, expected),
             Ok((declined, step)) => {
                 accepted(expected)?;
                 let c = c.unwrap();
@@ -938,12 +967,17 @@ impl Run {
     ) -> Result<Seen, TestCaseError> {
         let now = self.now;
         let mut seen = Seen::default();
-
         for change in &step.changes {
             match change {
                 Change::SaveMatch(m) => seen.saved.entry(m.match_id).or_default().push(m.clone()),
                 Change::Settle(m) => seen.settled.push(m.clone()),
                 Change::SaveChallenge(c) => seen.challenge_saves.push(c.clone()),
+                Change::SaveTicket(t) => {
+                    self.stored.insert(t.user.clone(), t.clone());
+                }
+                Change::DropTicket(u) => {
+                    self.stored.remove(u);
+                }
                 other => prop_assert!(false, "unexpected change {:?}", other),
             }
         }
@@ -1125,8 +1159,8 @@ impl Run {
                     )
                 }
                 _ => {
-                    prop_assert!(false, "{:?} cancelled {}", cmd, id);
-                    unreachable!()
+                    let why = format!("{cmd:?} cancelled {id}");
+                    return Err(TestCaseError::fail(why));
                 }
             };
             let saved = seen.saved.get(id).and_then(|v| v.last());
@@ -1172,6 +1206,7 @@ impl Run {
             let saved = seen.saved.get(id).and_then(|v| v.last());
             prop_assert_eq!(saved.map(|m| m.status), Some(MatchStatus::Expired));
         }
+
         // Events that only some commands cause.
         let ready = matches!(cmd, Cmd::Ready(_));
         prop_assert!(
@@ -1261,8 +1296,7 @@ impl Run {
                 }
                 ChallengeStatus::Accepted => {
                     let Cmd::Accept(accepted) = cmd else {
-                        prop_assert!(false, "challenge accepted outside accept");
-                        unreachable!()
+                        return Err(TestCaseError::fail("challenge accepted outside accept"));
                     };
                     prop_assert_eq!(accepted.challenge_id, id);
                     prop_assert!(
@@ -1313,7 +1347,6 @@ impl Run {
                 );
             }
         }
-
         Ok(seen)
     }
 
@@ -1392,6 +1425,17 @@ impl Run {
                 );
                 prop_assert_eq!(me.rating, q.rating);
                 let gap = (me.rating - them.rating).abs();
+                // Independently of the pool's bookkeeping: no hold gives a wider window.
+                let policy = self.engine.pool().policy();
+                let hold = policy.hold_ms.min(policy.sparse_hold_ms);
+                let widest = policy.window(hold, self.now - q.since);
+                prop_assert!(
+                    gap <= widest,
+                    "{} paired at a gap of {} > {}",
+                    u,
+                    gap,
+                    widest
+                );
                 let window = windows.get(u).copied();
                 prop_assert!(
                     window.is_some_and(|w| gap <= w),
@@ -1403,8 +1447,7 @@ impl Run {
             }
             MatchOrigin::Challenge => {
                 let Cmd::Accept(c) = cmd else {
-                    prop_assert!(false, "a challenge match outside accept");
-                    unreachable!()
+                    return Err(TestCaseError::fail("a challenge match outside accept"));
                 };
                 prop_assert_eq!(m.discipline, c.discipline);
                 prop_assert_eq!(&m.scope, &None);
@@ -1440,6 +1483,24 @@ impl Run {
     /// The engine agrees with the model, and the model with itself.
     fn check_state(&self) -> Result<(), TestCaseError> {
         let e = &self.engine;
+        // The stored tickets are the pool: a restart restores exactly who was waiting, and since when.
+        let pool: BTreeMap<UserId, QueuedTicket> = e
+            .pool()
+            .iter()
+            .map(|(q, t)| {
+                (
+                    t.user.clone(),
+                    QueuedTicket {
+                        user: t.user.clone(),
+                        discipline: q.discipline,
+                        scope: q.scope.clone(),
+                        rating: t.rating,
+                        queued_at: at(t.queued_at),
+                    },
+                )
+            })
+            .collect();
+        prop_assert_eq!(&self.stored, &pool, "stored tickets differ from the pool");
         for u in &self.users {
             let expected = self.queued.get(u).map(|q| QueueSpot {
                 queue: q.queue.clone(),
@@ -1633,8 +1694,11 @@ fn session(mix: Mix, len: std::ops::Range<usize>) -> BoxedStrategy<Vec<(Millis, 
         (mix.tick, Just(Op::Tick).boxed()),
         (
             mix.timeout,
-            (0..2_000u16)
-                .prop_map(|extra| Op::Timeout { extra })
+            (
+                prop_oneof![Just(0u16), 0..2_000u16],
+                prop::bool::weighted(0.6),
+            )
+                .prop_map(|(extra, tick)| Op::Timeout { extra, tick })
                 .boxed(),
         ),
         (
@@ -1684,6 +1748,7 @@ fn session(mix: Mix, len: std::ops::Range<usize>) -> BoxedStrategy<Vec<(Millis, 
     ];
     let arms: Vec<_> = arms.into_iter().filter(|(w, _)| *w > 0).collect();
     let dt = prop_oneof![
+        3 => Just(0 as Millis),
         12 => 0..800 as Millis,
         4 => 800..5_000 as Millis,
         1 => 5_000..40_000 as Millis,
@@ -1777,7 +1842,7 @@ const ALL: Mix = Mix {
 };
 
 proptest! {
-    #![proptest_config(config(1000))]
+    #![proptest_config(config(800))]
 
     #[test]
     fn queue_sessions_keep_every_invariant(ops in session(QUEUE, 1..80)) {
@@ -1809,7 +1874,7 @@ fn a_ready_player_is_requeued_with_their_original_queue_time_when_the_opponent_t
     let mut e = engine();
     let (a, b, c) = (user(1), user(2), user(3));
     let t0 = START;
-    assert!(e.join(&a, boulder(), 1500.0, t0).unwrap().is_empty());
+    assert!(e.join(&a, boulder(), 1500.0, t0).unwrap().events.is_empty());
     let step = e.join(&b, boulder(), 1510.0, t0 + 2_000).unwrap();
     let id = new_match(&step).match_id;
     e.ready(id, &a, t0 + 3_000).unwrap();
@@ -2099,6 +2164,7 @@ fn settling_an_old_match_does_not_free_a_player_from_their_new_one() {
     assert!(
         e.join(&a, boulder(), 1500.0, START + 3_000)
             .unwrap()
+            .events
             .is_empty()
     );
     let step = e.join(&c, boulder(), 1500.0, START + 3_000).unwrap();
@@ -2125,6 +2191,7 @@ fn entering_a_match_withdraws_the_other_pending_challenges() {
     assert!(
         e.join(&a, boulder(), 1500.0, START + 1_000)
             .unwrap()
+            .events
             .is_empty()
     );
     let step = e.join(&d, boulder(), 1500.0, START + 1_000).unwrap();

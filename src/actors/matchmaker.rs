@@ -9,19 +9,27 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use anyhow::Context as _;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::{Challenge, Discipline, Match, UserId};
 use crate::matchmaking::Millis;
-use crate::matchmaking::engine::{Engine, QueueSpot, Refusal, Step};
-use crate::matchmaking::pool::QueueKey;
+use crate::matchmaking::engine::{Engine, QueueSpot, Refusal, Step, Timing};
+use crate::matchmaking::policy::Policy;
+use crate::matchmaking::pool::{Pool, QueueKey};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
+use crate::store::Store;
 
 /// Steps merged into one store transaction at most.
 const MAX_STEPS_PER_COMMIT: usize = 512;
+/// Commands waiting for the actor before senders wait to enqueue (a burst of joins queues up
+/// rather than parking every HTTP handler).
+const MAILBOX_CAPACITY: usize = 65_536;
+/// Wait before retrying a failed reload from the store.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
 /// Shortest sleep between two ticks, so a deadline that keeps landing in the past cannot spin.
 const MIN_TICK: Duration = Duration::from_millis(5);
 
@@ -46,8 +54,34 @@ struct Commit {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// Writes steps in order; everything waiting when a write starts goes into the next one.
-async fn committer(notifier: Notifier, mut steps: mpsc::UnboundedReceiver<Commit>) {
+/// Builds an engine from what the store holds: live matches, pending challenges, queue
+/// tickets. The step pairs tickets that became compatible while the node was down.
+pub async fn load_engine(
+    store: &dyn Store,
+    policy: Policy,
+    timing: Timing,
+) -> anyhow::Result<(Engine, Step)> {
+    let matches = store.live_matches().await.context("reading live matches")?;
+    let challenges = store
+        .pending_challenges()
+        .await
+        .context("reading pending challenges")?;
+    let tickets = store
+        .queued_tickets()
+        .await
+        .context("reading queue tickets")?;
+    let mut engine = Engine::new(Pool::new(policy), timing);
+    let step = engine.restore(matches, challenges, tickets, now_ms());
+    Ok((engine, step))
+}
+
+/// Writes steps in order; everything waiting when a write starts goes into the next one. A
+/// failed write asks the actor to reload its engine from the store.
+async fn committer(
+    notifier: Notifier,
+    mut steps: mpsc::UnboundedReceiver<Commit>,
+    actor: Addr<MatchmakerActor>,
+) {
     while let Some(first) = steps.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_STEPS_PER_COMMIT {
@@ -68,7 +102,8 @@ async fn committer(notifier: Notifier, mut steps: mpsc::UnboundedReceiver<Commit
             .map(|_| ())
             .map_err(|e| format!("{e:#}"));
         if let Err(error) = &result {
-            tracing::error!(%error, "committing matchmaking changes");
+            tracing::error!(%error, "committing matchmaking changes; reloading from the store");
+            actor.do_send(Resync);
         }
         for done in waiting.into_iter().flatten() {
             let _ = done.send(result.clone());
@@ -78,20 +113,35 @@ async fn committer(notifier: Notifier, mut steps: mpsc::UnboundedReceiver<Commit
 
 pub struct MatchmakerActor {
     engine: Engine,
+    notifier: Notifier,
     commits: mpsc::UnboundedSender<Commit>,
+    /// Taken by `started`, which hands it to the committer.
+    steps: Option<mpsc::UnboundedReceiver<Commit>>,
     /// The pending timer and when it fires.
     timer: Option<(Millis, SpawnHandle)>,
     metrics: std::sync::Arc<Metrics>,
 }
 
 impl MatchmakerActor {
-    /// Starts the committer task; must run inside a Tokio runtime.
-    pub fn new(engine: Engine, notifier: Notifier, metrics: std::sync::Arc<Metrics>) -> Self {
+    /// `restored` is the step [`load_engine`] returned: it is committed first.
+    pub fn new(
+        engine: Engine,
+        restored: Step,
+        notifier: Notifier,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
         let (commits, steps) = mpsc::unbounded_channel();
-        tokio::spawn(committer(notifier, steps));
+        if !restored.is_empty() {
+            let _ = commits.send(Commit {
+                step: restored,
+                done: None,
+            });
+        }
         MatchmakerActor {
             engine,
+            notifier,
             commits,
+            steps: Some(steps),
             timer: None,
             metrics,
         }
@@ -188,8 +238,10 @@ impl Actor for MatchmakerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Commands queue up behind a burst of joins rather than being refused.
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if let Some(steps) = self.steps.take() {
+            actix::spawn(committer(self.notifier.clone(), steps, ctx.address()));
+        }
         self.arm(ctx);
     }
 }
@@ -257,7 +309,7 @@ impl Handler<Leave> for MatchmakerActor {
         let outcome = self
             .engine
             .leave(&msg.user)
-            .map(|_| (self.standing(&msg.user), Step::default()));
+            .map(|(_, step)| (self.standing(&msg.user), step));
         self.run(ctx, outcome)
     }
 }
@@ -386,5 +438,52 @@ impl Handler<Act> for MatchmakerActor {
             MatchAction::Report { winner } => self.engine.report(msg.id, &msg.user, winner, now),
         };
         self.run(ctx, outcome)
+    }
+}
+
+/// Sent by the committer after a failed write: the engine may hold state the store does not, so
+/// it is rebuilt from the store once every step queued before it is written or has failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resync;
+
+impl Handler<Resync> for MatchmakerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        let (done, flushed) = oneshot::channel();
+        let _ = self.commits.send(Commit {
+            step: Step::default(),
+            done: Some(done),
+        });
+        let store = self.notifier.store();
+        let policy = self.engine.pool().policy().clone();
+        let timing = self.engine.timing();
+        let reload = async move {
+            let _ = flushed.await;
+            load_engine(store.as_ref(), policy, timing).await
+        };
+        // `wait`: no command runs against the old engine while the new one loads.
+        ctx.wait(
+            reload
+                .into_actor(self)
+                .map(|loaded, act, ctx| match loaded {
+                    Ok((engine, step)) => {
+                        act.engine = engine;
+                        if !step.is_empty() {
+                            let _ = act.commits.send(Commit { step, done: None });
+                        }
+                        if let Some((_, handle)) = act.timer.take() {
+                            ctx.cancel_future(handle);
+                        }
+                        act.arm(ctx);
+                        tracing::info!("matchmaking state reloaded from the store");
+                    }
+                    Err(error) => {
+                        tracing::error!(error = ?error, "reloading matchmaking state; retrying");
+                        ctx.notify_later(Resync, RESYNC_RETRY);
+                    }
+                }),
+        );
     }
 }

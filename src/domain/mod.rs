@@ -10,5 +10,5 @@ pub use grade::{Grade, GradeScale, validate_time_ms};
 pub use ids::{Cursor, IdempotencyKey, PostId, RouteId, Scope, UserId};
 pub use play::{
     AscentOutcome, AscentResult, Challenge, ChallengeStatus, LeaderboardEntry, Match, MatchOrigin,
-    MatchStatus, NewAscent, Player, RankChange, Rating,
+    MatchStatus, NewAscent, Player, QueuedTicket, RankChange, Rating,
 };

@@ -35,7 +35,8 @@ pub enum MatchStatus {
 }
 
 impl MatchStatus {
-    /// A live match holds its players: they cannot queue, challenge or be matched again.
+    /// A live match is not over yet. It holds its players (no queueing, challenging or being
+    /// matched): both during the ready check, and once confirmed each until they report.
     pub fn is_live(self) -> bool {
         matches!(self, MatchStatus::ReadyCheck | MatchStatus::Confirmed)
     }
@@ -209,4 +210,14 @@ pub struct AscentOutcome {
     /// The record before this ascent, if any.
     #[schema(required = true)]
     pub previous: Option<Performance>,
+}
+
+/// A climber waiting in an open queue, as stored so that a restart keeps their place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedTicket {
+    pub user: UserId,
+    pub discipline: Discipline,
+    pub scope: Option<Scope>,
+    pub rating: f64,
+    pub queued_at: DateTime<Utc>,
 }

@@ -13,7 +13,8 @@ use super::Millis;
 use super::pool::{Pairing, Pool, QueueKey, Ticket};
 use crate::domain::event::CancelReason;
 use crate::domain::{
-    Challenge, ChallengeStatus, Discipline, Event, Match, MatchOrigin, MatchStatus, Player, UserId,
+    Challenge, ChallengeStatus, Discipline, Event, Match, MatchOrigin, MatchStatus, Player,
+    QueuedTicket, UserId,
 };
 use crate::store::{Change, NewEvent};
 
@@ -46,7 +47,7 @@ pub enum Refusal {
     NotYourMatch,
     #[error("the ready check of this match is over")]
     NotInReadyCheck,
-    #[error("the ready deadline has passed")]
+    #[error("the deadline for this has passed")]
     DeadlinePassed,
     #[error("you are already ready")]
     AlreadyReady,
@@ -157,12 +158,25 @@ impl Engine {
         }
     }
 
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
     /// Takes back matches and challenges that were live when the node stopped.
-    pub fn restore(&mut self, matches: Vec<Match>, challenges: Vec<Challenge>) {
+    /// Takes back what was live when the node stopped: matches, pending challenges and queue
+    /// tickets (with their original queue times). Tickets that have become compatible meanwhile
+    /// are paired: the returned step holds those matches.
+    pub fn restore(
+        &mut self,
+        matches: Vec<Match>,
+        challenges: Vec<Challenge>,
+        tickets: Vec<QueuedTicket>,
+        now: Millis,
+    ) -> Step {
         for m in matches {
             if !m.status.is_live() {
                 continue;
@@ -182,6 +196,27 @@ impl Engine {
                 self.track_challenge(c);
             }
         }
+        let mut step = Step::default();
+        for t in tickets {
+            if self.held.contains_key(&t.user) {
+                step.changes.push(Change::DropTicket(t.user));
+                continue;
+            }
+            let queue = QueueKey {
+                discipline: t.discipline,
+                scope: t.scope,
+            };
+            let ticket = Ticket {
+                user: t.user,
+                rating: t.rating,
+                queued_at: ms(t.queued_at),
+            };
+            if let Ok(Some(pairing)) = self.pool.join(queue, ticket, now) {
+                let started = self.start_queue_match(pairing, now);
+                step.absorb(started);
+            }
+        }
+        step
     }
 
     /// The match holding `user`, if any.
@@ -255,18 +290,35 @@ impl Engine {
             rating,
             queued_at: now,
         };
-        match self.pool.join(queue, ticket, now) {
-            Err(_) => Err(Refusal::AlreadyQueued),
-            Ok(None) => Ok(Step::default()),
-            Ok(Some(pairing)) => Ok(self.start_queue_match(pairing, now)),
-        }
+        self.enqueue(queue, ticket, now)
     }
 
-    pub fn leave(&mut self, user: &UserId) -> Result<QueueSpot, Refusal> {
-        self.pool
-            .leave(user)
-            .map(|(queue, ticket)| QueueSpot { queue, ticket })
-            .ok_or(Refusal::NotQueued)
+    pub fn leave(&mut self, user: &UserId) -> Result<(QueueSpot, Step), Refusal> {
+        let (queue, ticket) = self.pool.leave(user).ok_or(Refusal::NotQueued)?;
+        let step = Step {
+            changes: vec![Change::DropTicket(user.clone())],
+            events: Vec::new(),
+        };
+        Ok((QueueSpot { queue, ticket }, step))
+    }
+
+    /// Puts a ticket in the pool: paired at once, or stored as waiting.
+    fn enqueue(&mut self, queue: QueueKey, ticket: Ticket, now: Millis) -> Result<Step, Refusal> {
+        let saved = Change::SaveTicket(QueuedTicket {
+            user: ticket.user.clone(),
+            discipline: queue.discipline,
+            scope: queue.scope.clone(),
+            rating: ticket.rating,
+            queued_at: at(ticket.queued_at),
+        });
+        match self.pool.join(queue, ticket, now) {
+            Err(_) => Err(Refusal::AlreadyQueued),
+            Ok(None) => Ok(Step {
+                changes: vec![saved],
+                events: Vec::new(),
+            }),
+            Ok(Some(pairing)) => Ok(self.start_queue_match(pairing, now)),
+        }
     }
 
     pub fn challenge(
@@ -436,6 +488,10 @@ impl Engine {
         if m.status != MatchStatus::ReadyCheck {
             return Err(Refusal::NotInReadyCheck);
         }
+        // Past the deadline the next tick ends it as a timeout, with the reasons that say so.
+        if now >= ms(m.ready_deadline) {
+            return Err(Refusal::DeadlinePassed);
+        }
         let failed = vec![user.clone()];
         self.end_ready_check(id, &failed, CancelReason::Cancelled, now)
             .ok_or(Refusal::UnknownMatch)
@@ -451,6 +507,9 @@ impl Engine {
         let m = self.own_match(id, user)?;
         if m.status != MatchStatus::Confirmed {
             return Err(Refusal::NotConfirmed);
+        }
+        if m.result_deadline.is_some_and(|d| now >= ms(d)) {
+            return Err(Refusal::DeadlinePassed);
         }
         if m.player(winner).is_none() {
             return Err(Refusal::WinnerNotAPlayer);
@@ -619,6 +678,7 @@ impl Engine {
             let user = m.players[me].user_id.clone();
             // A climber in a match leaves the queue and their other challenges.
             self.pool.leave(&user);
+            step.changes.push(Change::DropTicket(user.clone()));
             self.withdraw_challenges(&user, step);
             self.held.insert(user.clone(), id);
             self.recent.insert(user.clone(), id);
@@ -700,9 +760,8 @@ impl Engine {
                 rating,
                 queued_at: since,
             };
-            if let Ok(Some(pairing)) = self.pool.join(queue, ticket, now) {
-                let started = self.start_queue_match(pairing, now);
-                step.absorb(started);
+            if let Ok(requeued) = self.enqueue(queue, ticket, now) {
+                step.absorb(requeued);
             }
         }
         Some((m, step))

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     AscentOutcome, Challenge, Cursor, Discipline, Event, IdempotencyKey, LeaderboardEntry, Match,
-    NewAscent, Notification, RankChange, Rating, UserId,
+    NewAscent, Notification, QueuedTicket, RankChange, Rating, UserId,
 };
 
 pub use sqlite::SqliteStore;
@@ -88,6 +88,10 @@ pub enum Change {
     SaveMatch(Match),
     /// Inserts or replaces a challenge.
     SaveChallenge(Challenge),
+    /// Records a climber's place in a queue (joined or requeued).
+    SaveTicket(QueuedTicket),
+    /// Forgets a climber's place in the queue (left or paired); nothing if there is none.
+    DropTicket(UserId),
     /// Saves a match that has just been settled (status `Settled`, `winner` set), updates both
     /// players' ratings and emits `match_result` to both and `rank_changed` to every climber
     /// whose rank moved.
@@ -169,6 +173,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Challenges still pending (restored into the engine at start).
     async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>>;
+
+    /// Climbers waiting in the queues, longest waiting first (restored into the engine at start).
+    async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>>;
 
     /// Whether the climber was ever seen (see [`Change::SeeUser`]).
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool>;

@@ -23,7 +23,8 @@ use super::{
     Store,
 };
 use crate::domain::{
-    Challenge, Cursor, Discipline, Event, LeaderboardEntry, Match, Notification, Rating, UserId,
+    Challenge, Cursor, Discipline, Event, LeaderboardEntry, Match, Notification, QueuedTicket,
+    Rating, UserId,
 };
 
 /// How long a statement waits for a lock held by another process before failing.
@@ -571,6 +572,10 @@ impl Store for SqliteStore {
 
     async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>> {
         sqlite_play::pending_challenges(&self.reader).await
+    }
+
+    async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
+        sqlite_play::queued_tickets(&self.reader).await
     }
 
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {

@@ -11,7 +11,7 @@ use super::{Change, ChangeOutcome, NewEvent, Settlement};
 use crate::domain::event::Performance;
 use crate::domain::{
     AscentOutcome, AscentResult, Challenge, Discipline, Event, LeaderboardEntry, Match,
-    MatchStatus, NewAscent, Rating, UserId,
+    MatchStatus, NewAscent, QueuedTicket, Rating, Scope, UserId,
 };
 use crate::matchmaking::rating::{self, RankInputs};
 
@@ -56,6 +56,31 @@ pub(super) async fn apply_change(
             .execute(&mut **tx)
             .await
             .context("saving a challenge")?;
+            Ok((ChangeOutcome::Done, Vec::new()))
+        }
+        Change::SaveTicket(t) => {
+            sqlx::query(
+                "INSERT INTO queue_tickets (user_id, discipline, scope, rating, queued_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (user_id) DO UPDATE SET discipline = excluded.discipline, \
+                 scope = excluded.scope, rating = excluded.rating, queued_at = excluded.queued_at",
+            )
+            .bind(t.user.as_str())
+            .bind(t.discipline.as_str())
+            .bind(t.scope.as_ref().map(|s| s.as_str().to_owned()))
+            .bind(t.rating)
+            .bind(to_ms(t.queued_at))
+            .execute(&mut **tx)
+            .await
+            .context("saving a queue ticket")?;
+            Ok((ChangeOutcome::Done, Vec::new()))
+        }
+        Change::DropTicket(user) => {
+            sqlx::query("DELETE FROM queue_tickets WHERE user_id = ?1")
+                .bind(user.as_str())
+                .execute(&mut **tx)
+                .await
+                .context("dropping a queue ticket")?;
             Ok((ChangeOutcome::Done, Vec::new()))
         }
         Change::Settle(m) => settle(tx, m, now).await,
@@ -412,6 +437,34 @@ pub(super) async fn pending_challenges(pool: &SqlitePool) -> anyhow::Result<Vec<
         .map(|row| {
             let data: String = row.try_get("data")?;
             serde_json::from_str(&data).context("stored challenge is not valid")
+        })
+        .collect()
+}
+
+pub(super) async fn queued_tickets(pool: &SqlitePool) -> anyhow::Result<Vec<QueuedTicket>> {
+    let rows = sqlx::query(
+        "SELECT user_id, discipline, scope, rating, queued_at FROM queue_tickets \
+         ORDER BY queued_at, user_id",
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading queue tickets")?;
+    rows.iter()
+        .map(|row| {
+            let scope: Option<String> = row.try_get("scope")?;
+            let discipline: String = row.try_get("discipline")?;
+            Ok(QueuedTicket {
+                user: UserId::parse(row.try_get::<String, _>("user_id")?)
+                    .map_err(anyhow::Error::msg)?,
+                discipline: Discipline::parse(&discipline).map_err(anyhow::Error::msg)?,
+                scope: scope
+                    .map(Scope::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                rating: row.try_get("rating")?,
+                queued_at: DateTime::from_timestamp_millis(row.try_get("queued_at")?)
+                    .unwrap_or_default(),
+            })
         })
         .collect()
 }

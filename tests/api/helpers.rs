@@ -19,6 +19,9 @@ pub struct TestApp {
     pub api_key: String,
     pub client: reqwest::Client,
     pub shutdown: ShutdownHandle,
+    /// The SQLite file of this app.
+    pub db_path: std::path::PathBuf,
+    settings: Settings,
     _dir: tempfile::TempDir,
 }
 
@@ -37,8 +40,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.auth.api_key = format!("key-{}", uuid::Uuid::new_v4()).into();
     settings.auth.dev_secrets_file = dir.path().join("dev-secrets.json");
     configure(&mut settings);
+    let db_path = dir.path().join("belay.db");
+    start(settings, dir, db_path).await
+}
+
+async fn start(settings: Settings, dir: tempfile::TempDir, db_path: std::path::PathBuf) -> TestApp {
     let api_key = secrecy::ExposeSecret::expose_secret(&settings.auth.api_key).to_owned();
-    let app = Application::build(settings).await.expect("app builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_handle();
     actix_web::rt::spawn(app.run());
@@ -50,11 +60,19 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .expect("client"),
         shutdown,
+        db_path,
+        settings,
         _dir: dir,
     }
 }
 
 impl TestApp {
+    /// Stops the node gracefully and starts a new one on the same database and secrets.
+    pub async fn restart(self) -> TestApp {
+        self.shutdown.shutdown().await;
+        start(self.settings, self._dir, self.db_path).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -768,3 +768,88 @@ async fn ascents_give_route_completed_once_and_personal_records_only_when_better
             .await
     );
 }
+
+#[actix_web::test]
+async fn a_restart_keeps_queued_climbers_in_place_with_their_queue_time_and_live_matches() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let queued = post_ok(&app, &ana, "/v1/queue", json!({ "discipline": "lead" })).await;
+    let since = queued["queue"]["queued_since"].clone();
+    let cy = app.token("cy").await;
+    let dan = app.token("dan").await;
+    post_ok(&app, &cy, "/v1/queue", json!({ "discipline": "speed" })).await;
+    let m = post_ok(&app, &dan, "/v1/queue", json!({ "discipline": "speed" })).await;
+    let id = m["match"]["match_id"].as_str().unwrap().to_owned();
+    post_ok(&app, &cy, &format!("/v1/matches/{id}/ready"), json!({})).await;
+
+    let app = app.restart().await;
+
+    let me = get_json(&app, &ana, "/v1/me/match").await;
+    assert_eq!(me["queue"]["discipline"], "lead");
+    assert_eq!(me["queue"]["queued_since"], since);
+    let me = get_json(&app, &cy, "/v1/me/match").await;
+    assert_eq!(me["queue"], Value::Null);
+    assert_eq!(me["match"]["match_id"], id.as_str());
+    let cy_ready = me["match"]["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user_id"] == "cy")
+        .unwrap()["ready"]
+        .clone();
+    assert_eq!(cy_ready, true);
+    // The ready check goes on where it stopped.
+    let m = post_ok(&app, &dan, &format!("/v1/matches/{id}/ready"), json!({})).await;
+    assert_eq!(m["status"], "confirmed");
+
+    // Ana is still the one waiting: the next lead climber is paired with her.
+    let mut bob = Climber::new(&app, "bob").await;
+    let me = join(&app, &bob, "lead").await;
+    assert_eq!(me["match"]["status"], "ready_check");
+    assert_eq!(bob.expect("match_found").await["opponent"], "ana");
+}
+
+#[actix_web::test]
+async fn a_failed_write_leaves_matchmaking_as_the_store_has_it() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let bob = app.token("bob").await;
+    post_ok(&app, &ana, "/v1/queue", json!({ "discipline": "boulder" })).await;
+
+    // The database refuses new matches for a while (a full disk, a broken file system).
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_matches BEFORE INSERT ON matches \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let failed = post(&app, &bob, "/v1/queue", json!({ "discipline": "boulder" })).await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    // Nothing of the failed pairing remains: Ana still waits, Bob is not queued, no match.
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = get_json(&app, &ana, "/v1/me/match").await;
+        if state["match"].is_null() && !state["queue"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["match"], Value::Null, "{state}");
+    assert_eq!(state["queue"]["discipline"], "boulder", "{state}");
+    let me = get_json(&app, &bob, "/v1/me/match").await;
+    assert_eq!(me["queue"], Value::Null);
+    assert_eq!(me["match"], Value::Null);
+
+    sqlx::query("DROP TRIGGER refuse_matches")
+        .execute(&db)
+        .await
+        .unwrap();
+    let me = post_ok(&app, &bob, "/v1/queue", json!({ "discipline": "boulder" })).await;
+    assert_eq!(me["match"]["status"], "ready_check");
+    assert_eq!(me["match"]["players"][0]["user_id"], "ana");
+}
