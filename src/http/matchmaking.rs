@@ -521,7 +521,8 @@ pub async fn ready(
         (status = 404, body = ErrorBody, description = "`not_found`: no such match, or `id` is \
             not a UUID"),
         (status = 409, body = ErrorBody, description = "`not_in_ready_check`: the ready check \
-            is over (the match is confirmed or ended)"),
+            is over (the match is confirmed or ended); `deadline_passed`: the ready deadline has \
+            passed (the match is about to be cancelled as a timeout)"),
         MatchmakerRefusal,
     )
 )]
@@ -568,7 +569,7 @@ pub struct ResultBody {
             not a UUID"),
         (status = 409, body = ErrorBody, description = "`not_confirmed`: the match is not \
             confirmed (still in its ready check, or ended); `already_reported`: the caller \
-            already reported"),
+            already reported; `deadline_passed`: the result deadline has passed"),
         JsonBodyRefusal,
         MatchmakerRefusal,
     )
