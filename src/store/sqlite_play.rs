@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{Change, ChangeOutcome, NewEvent, Settlement};
 use crate::domain::event::Performance;
 use crate::domain::{
-    AscentOutcome, AscentResult, Challenge, Discipline, Event, LeaderboardEntry, Match,
-    MatchStatus, NewAscent, QueuedTicket, Rating, Scope, UserId,
+    AscentOutcome, AscentResult, Challenge, Discipline, Event, LeaderboardEntry, Match, NewAscent,
+    QueuedTicket, Rating, Scope, UserId,
 };
 use crate::matchmaking::rating::{self, RankInputs};
 
@@ -420,11 +420,7 @@ pub(super) async fn live_matches(pool: &SqlitePool) -> anyhow::Result<Vec<Match>
     .fetch_all(pool)
     .await
     .context("reading live matches")?;
-    let matches: anyhow::Result<Vec<Match>> = rows.iter().map(match_from_row).collect();
-    Ok(matches?
-        .into_iter()
-        .filter(|m| m.status != MatchStatus::Cancelled)
-        .collect())
+    rows.iter().map(match_from_row).collect()
 }
 
 pub(super) async fn pending_challenges(pool: &SqlitePool) -> anyhow::Result<Vec<Challenge>> {
@@ -503,6 +499,8 @@ pub(super) async fn leaderboard(
     offset: u32,
     limit: u32,
 ) -> anyhow::Result<Vec<LeaderboardEntry>> {
+    // One read transaction: the page and the rank of its first row see the same ratings.
+    let mut tx = pool.begin().await.context("begin leaderboard read")?;
     let rows = sqlx::query(
         "SELECT user_id, rating, deviation, volatility, matches FROM ratings \
          WHERE discipline = ?1 ORDER BY rating DESC, user_id ASC LIMIT ?2 OFFSET ?3",
@@ -510,7 +508,7 @@ pub(super) async fn leaderboard(
     .bind(discipline.as_str())
     .bind(i64::from(limit))
     .bind(i64::from(offset))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .context("reading the leaderboard")?;
     let mut entries: Vec<LeaderboardEntry> = Vec::with_capacity(rows.len());
@@ -527,7 +525,7 @@ pub(super) async fn leaderboard(
                 )
                 .bind(discipline.as_str())
                 .bind(r.rating)
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await
                 .context("ranking the leaderboard page")?;
                 u32::try_from(above).unwrap_or(u32::MAX).saturating_add(1)
