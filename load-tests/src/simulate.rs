@@ -616,10 +616,20 @@ fn describe(policy: &Policy) -> String {
     };
     let secs = |ms: Millis| ms as f64 / 1000.0;
     if policy.sparse_share > 0.0 {
+        let hold = if policy.hold_rate_exponent != 0.0 {
+            format!(
+                "{} s x (rate/{})^{} <= {} s",
+                secs(policy.hold_ms),
+                policy.hold_rate_per_sec,
+                policy.hold_rate_exponent,
+                secs(policy.max_hold_ms)
+            )
+        } else {
+            format!("{} s", secs(policy.hold_ms))
+        };
         format!(
-            "{} for {} s ({} s where < {}% of joins are fair opponents), then +{}/s{cap}",
+            "{} for {hold} ({} s where < {}% of joins are fair opponents), then +{}/s{cap}",
             policy.initial_window,
-            secs(policy.hold_ms),
             secs(policy.sparse_hold_ms),
             policy.sparse_share * 100.0,
             policy.widen_per_sec

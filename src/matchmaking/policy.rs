@@ -3,10 +3,12 @@
 //!
 //! A ticket's window is `initial_window` for a *hold* time, then widens by `step` at once and by
 //! `widen_per_sec` after that, up to `max_window`. The hold is decided when the ticket joins:
-//! `hold_ms` in a dense rating band, `sparse_hold_ms` in a sparse one, where fewer than
-//! `sparse_share` of the queue's joins are fair opponents (such a player would wait long for
-//! fairness anyway, so they give it up early and do not lengthen everyone's waiting tail). Join
-//! rates are estimated per queue and rating band from the joins the pool has seen
+//! `sparse_hold_ms` in a sparse rating band, where fewer than `sparse_share` of the queue's joins
+//! are fair opponents (such a player would wait long for fairness anyway, so they give it up early
+//! and do not lengthen everyone's waiting tail); in a dense band, `hold_ms` scaled by
+//! `(queue rate / hold_rate_per_sec) ^ hold_rate_exponent` (in a busy queue few dense-band players
+//! are still waiting when the hold ends, so holding them longer is cheap), up to `max_hold_ms`.
+//! Join rates are estimated per queue and rating band from the joins the pool has seen
 //! ([`ArrivalRates`]), so a window is a pure function of the calls made and their `now` values.
 //!
 //! The linear and FlexMatch-style step policies Belay is compared with are special cases:
@@ -30,8 +32,17 @@ pub const FAIR_GAP: f64 = 70.0;
 pub struct Policy {
     /// Rating gap every ticket accepts from the moment it joins (70 = a 40–60% win chance).
     pub initial_window: f64,
-    /// How long a ticket keeps `initial_window` before widening, in ms (dense rating bands).
+    /// How long a ticket keeps `initial_window` before widening, in ms, in a dense rating band of
+    /// a queue that receives `hold_rate_per_sec` joins per second (scaled for other rates).
     pub hold_ms: Millis,
+    /// Queue join rate (per second) at which a dense band's hold is exactly `hold_ms`.
+    pub hold_rate_per_sec: f64,
+    /// How the dense hold scales with the queue's join rate: `hold_ms * (rate /
+    /// hold_rate_per_sec) ^ hold_rate_exponent`; 0 keeps `hold_ms` at every rate.
+    pub hold_rate_exponent: f64,
+    /// Longest dense hold the scaling may give, in ms; it never goes below
+    /// `hold_ms.min(sparse_hold_ms)`.
+    pub max_hold_ms: Millis,
     /// The hold instead, in ms, of a ticket in a sparse rating band (see `sparse_share`).
     pub sparse_hold_ms: Millis,
     /// A rating band is sparse when fewer than this share of the queue's joins are within
@@ -57,9 +68,12 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             initial_window: FAIR_GAP,
-            hold_ms: 25_000,
+            hold_ms: 26_000,
+            hold_rate_per_sec: 0.5,
+            hold_rate_exponent: 0.5,
+            max_hold_ms: 90_000,
             sparse_hold_ms: 2_000,
-            sparse_share: 0.045,
+            sparse_share: 0.0475,
             step: 0.0,
             widen_per_sec: 400.0,
             max_window: f64::INFINITY,
@@ -77,6 +91,7 @@ impl Policy {
         Self {
             initial_window: initial,
             hold_ms: 0,
+            hold_rate_exponent: 0.0,
             sparse_hold_ms: 0,
             sparse_share: 0.0,
             step: 0.0,
@@ -91,6 +106,7 @@ impl Policy {
         Self {
             initial_window: narrow,
             hold_ms: after_ms,
+            hold_rate_exponent: 0.0,
             sparse_hold_ms: after_ms,
             sparse_share: 0.0,
             step: (wide - narrow).max(0.0),
@@ -103,12 +119,28 @@ impl Policy {
     /// The hold of a ticket that joins where fair opponents join at `fair_per_sec` and the whole
     /// queue at `queue_per_sec`. Sparse bands give up fairness early: their players would wait
     /// long for a fair opponent anyway, and holding them would only lengthen the waiting tail.
+    /// Dense bands hold longer in busier queues, where few players are left when the hold ends.
+    /// Never shorter than `hold_ms.min(sparse_hold_ms)`.
     pub fn hold_for(&self, fair_per_sec: f64, queue_per_sec: f64) -> Millis {
         if fair_per_sec < self.sparse_share * queue_per_sec {
-            self.sparse_hold_ms
-        } else {
-            self.hold_ms
+            return self.sparse_hold_ms;
         }
+        let scaled = self.hold_rate_exponent != 0.0
+            && self.hold_rate_per_sec > 0.0
+            && queue_per_sec > 0.0
+            && queue_per_sec.is_finite();
+        if !scaled {
+            // Before anyone has joined (no rate yet), or scaling turned off.
+            return self.hold_ms;
+        }
+        let factor = (queue_per_sec / self.hold_rate_per_sec).powf(self.hold_rate_exponent);
+        let hold = (self.hold_ms.max(0) as f64 * factor).min(self.max_hold_ms.max(0) as f64);
+        // NaN (from a NaN exponent) falls to the floor; `as` saturates.
+        let floor = self.hold_ms.min(self.sparse_hold_ms).max(0);
+        if hold.is_nan() {
+            return floor;
+        }
+        (hold as Millis).max(floor)
     }
 
     /// The window of a ticket with the given hold after it has waited `waited` ms.
@@ -296,10 +328,28 @@ mod tests {
     #[test]
     fn sparse_bands_give_up_the_hold() {
         let policy = Policy::default();
-        assert_eq!(policy.hold_for(0.16, 1.0), policy.hold_ms);
-        assert_eq!(policy.hold_for(0.01, 1.0), policy.sparse_hold_ms);
+        // At the reference queue rate (0.5 joins/s), a dense band holds `hold_ms`.
+        assert_eq!(policy.hold_for(0.08, 0.5), policy.hold_ms);
+        assert_eq!(policy.hold_for(0.005, 0.5), policy.sparse_hold_ms);
         // Before anyone has joined, nothing counts as sparse.
         assert_eq!(policy.hold_for(0.0, 0.0), policy.hold_ms);
+    }
+
+    #[test]
+    fn dense_holds_grow_with_the_queue_rate_up_to_the_cap() {
+        let policy = Policy::default();
+        // At the reference rate the hold is `hold_ms`; four times busier, twice as long.
+        assert_eq!(policy.hold_for(0.1, 0.5), policy.hold_ms);
+        assert_eq!(policy.hold_for(0.4, 2.0), 2 * policy.hold_ms);
+        assert_eq!(policy.hold_for(100.0, 500.0), policy.max_hold_ms);
+        // Quiet queues hold shorter, never below the sparse hold.
+        assert!(policy.hold_for(0.02, 0.1) < policy.hold_ms);
+        assert!(policy.hold_for(1e-9, 1e-8) >= policy.sparse_hold_ms);
+        let flat = Policy {
+            hold_rate_exponent: 0.0,
+            ..Policy::default()
+        };
+        assert_eq!(flat.hold_for(0.4, 2.0), flat.hold_ms);
     }
 
     #[test]
