@@ -3,6 +3,7 @@
 
 mod common;
 mod notify;
+mod pair;
 mod simulate;
 
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ enum Scenario {
     /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
     /// and measure delivery latency, loss and ordering.
     Notify(notify::NotifyArgs),
+    /// Time pairing through HTTP when a compatible opponent is already waiting: the join's
+    /// answer and the waiting climber's match_found frame.
+    Pair(pair::PairArgs),
     /// Feed the pairing pool (no server) with simulated arrivals and compare Belay's default
     /// policy with grid-searched linear and step policies, FIFO and a 15-second batch.
     Simulate(simulate::SimulateArgs),
@@ -32,6 +36,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Notify(args) => notify::run(args).await,
+        Scenario::Pair(args) => pair::run(args).await,
         // CPU-bound and single-shot: nothing else runs on the runtime meanwhile.
         Scenario::Simulate(args) => simulate::run(args),
     };
