@@ -438,13 +438,7 @@ impl Engine {
         user: &UserId,
         now: Millis,
     ) -> Result<(Match, Step), Refusal> {
-        let m = self.own_match(id, user)?;
-        if m.status != MatchStatus::ReadyCheck {
-            return Err(Refusal::NotInReadyCheck);
-        }
-        if now >= ms(m.ready_deadline) {
-            return Err(Refusal::DeadlinePassed);
-        }
+        let m = self.in_ready_check(id, user, now)?;
         if m.player(user).is_some_and(|p| p.ready) {
             return Err(Refusal::AlreadyReady);
         }
@@ -458,8 +452,8 @@ impl Engine {
         if let Some(opponent) = &opponent {
             step.event(opponent, Event::OpponentReady { match_id: id });
         }
-        self.unwatch(ms(m.ready_deadline), Deadline::Ready(id));
         if m.players.iter().all(|p| p.ready) {
+            self.unwatch(ms(m.ready_deadline), Deadline::Ready(id));
             m.status = MatchStatus::Confirmed;
             let deadline = now + self.timing.result_ms;
             m.result_deadline = Some(at(deadline));
@@ -467,9 +461,6 @@ impl Engine {
             for p in &m.players {
                 step.event(&p.user_id, Event::MatchConfirmed { match_id: id });
             }
-        } else {
-            self.deadlines
-                .insert((ms(m.ready_deadline), Deadline::Ready(id)));
         }
         step.changes.push(Change::SaveMatch(m.clone()));
         self.matches.insert(id, m.clone());
@@ -484,14 +475,7 @@ impl Engine {
         user: &UserId,
         now: Millis,
     ) -> Result<(Match, Step), Refusal> {
-        let m = self.own_match(id, user)?;
-        if m.status != MatchStatus::ReadyCheck {
-            return Err(Refusal::NotInReadyCheck);
-        }
-        // Past the deadline the next tick ends it as a timeout, with the reasons that say so.
-        if now >= ms(m.ready_deadline) {
-            return Err(Refusal::DeadlinePassed);
-        }
+        self.in_ready_check(id, user, now)?;
         let failed = vec![user.clone()];
         self.end_ready_check(id, &failed, CancelReason::Cancelled, now)
             .ok_or(Refusal::UnknownMatch)
@@ -807,6 +791,19 @@ impl Engine {
         let m = self.matches.get(&id).ok_or(Refusal::UnknownMatch)?;
         if m.player(user).is_none() {
             return Err(Refusal::NotYourMatch);
+        }
+        Ok(m)
+    }
+
+    /// `user`'s match, still in its ready check at `now`. Past the deadline the next tick ends
+    /// it as a timeout, with the reasons that say so, so ready and cancel are refused.
+    fn in_ready_check(&self, id: Uuid, user: &UserId, now: Millis) -> Result<&Match, Refusal> {
+        let m = self.own_match(id, user)?;
+        if m.status != MatchStatus::ReadyCheck {
+            return Err(Refusal::NotInReadyCheck);
+        }
+        if now >= ms(m.ready_deadline) {
+            return Err(Refusal::DeadlinePassed);
         }
         Ok(m)
     }

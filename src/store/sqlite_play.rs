@@ -116,8 +116,9 @@ async fn save_match(tx: &mut Transaction<'_, Sqlite>, m: &Match) -> anyhow::Resu
     Ok(())
 }
 
-async fn read_rating(
-    tx: &mut Transaction<'_, Sqlite>,
+/// A climber's rating, inside the writer's transaction or from a reader.
+async fn read_rating<'e>(
+    executor: impl sqlx::Executor<'e, Database = Sqlite>,
     user: &UserId,
     discipline: Discipline,
 ) -> anyhow::Result<Option<Rating>> {
@@ -127,7 +128,7 @@ async fn read_rating(
     )
     .bind(user.as_str())
     .bind(discipline.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(executor)
     .await
     .context("reading a rating")?;
     row.as_ref().map(rating_from_row).transpose()
@@ -155,8 +156,8 @@ async fn settle(
         .user_id
         .clone();
     let discipline = m.discipline;
-    let winner_before = read_rating(tx, &winner, discipline).await?;
-    let loser_before = read_rating(tx, &loser, discipline).await?;
+    let winner_before = read_rating(&mut **tx, &winner, discipline).await?;
+    let loser_before = read_rating(&mut **tx, &loser, discipline).await?;
     let (winner_after, loser_after) = rating::settle(
         &winner_before.unwrap_or_else(rating::initial),
         &loser_before.unwrap_or_else(rating::initial),
@@ -479,16 +480,7 @@ pub(super) async fn rating(
     user: &UserId,
     discipline: Discipline,
 ) -> anyhow::Result<Option<Rating>> {
-    let row = sqlx::query(
-        "SELECT rating, deviation, volatility, matches FROM ratings \
-         WHERE user_id = ?1 AND discipline = ?2",
-    )
-    .bind(user.as_str())
-    .bind(discipline.as_str())
-    .fetch_optional(pool)
-    .await
-    .context("reading a rating")?;
-    row.as_ref().map(rating_from_row).transpose()
+    read_rating(pool, user, discipline).await
 }
 
 /// One page of the leaderboard. The first row's rank is counted; the others follow from it
