@@ -2,6 +2,8 @@
 //! climbers, ratings, leaderboards, ascents), run against every backend this build has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,33 +14,12 @@ use belay::domain::{
     Match, MatchOrigin, MatchStatus, NewAscent, Player, PostId, PostLiked, Rating, RouteId, UserId,
 };
 use belay::matchmaking::rating;
-use belay::store::{self, Applied, Change, ChangeOutcome, NewEvent, Settlement, Store};
+use belay::store::{Applied, Change, ChangeOutcome, NewEvent, Settlement, Store};
 use chrono::{DateTime, TimeZone, Utc};
+use support::{backends, user};
 use uuid::Uuid;
 
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn backends() -> Vec<(&'static str, Backend)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/matchmaking.db", dir.path().display());
-    let sqlite = store::connect(&url, 4).await.unwrap();
-    vec![(
-        "sqlite",
-        Backend {
-            store: sqlite,
-            _dir: dir,
-        },
-    )]
-}
-
 // ---- builders ----
-
-fn user(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
 
 /// A fixed instant plus `ms`, so stored and expected values compare exactly.
 fn at(ms: i64) -> DateTime<Utc> {

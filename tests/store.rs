@@ -1,33 +1,14 @@
 //! Contract tests of the `Store` interface, run against every backend this build has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use belay::domain::{Cursor, Event, IdempotencyKey, PostId, PostLiked, UserId};
-use belay::store::{self, AppendOutcome, ListQuery, NewEvent, Page, ReadSelector, Store};
-
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn backends() -> Vec<(&'static str, Backend)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/contract.db", dir.path().display());
-    let sqlite = store::connect(&url, 4).await.unwrap();
-    vec![(
-        "sqlite",
-        Backend {
-            store: sqlite,
-            _dir: dir,
-        },
-    )]
-}
-
-fn user(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
+use belay::domain::{Cursor, Event, IdempotencyKey, PostId, PostLiked};
+use belay::store::{self, AppendOutcome, ListQuery, NewEvent, Page, ReadSelector};
+use support::{backends, user};
 
 fn like(to: &str, post: &str, by: &str) -> NewEvent {
     NewEvent {
