@@ -250,9 +250,9 @@ impl Actor for MatchmakerActor {
 #[derive(Debug, Clone)]
 pub struct Standing {
     pub queue: Option<QueueSpot>,
-    /// The match holding them, if any.
+    /// The match holding them, else their latest match while it is still live.
     pub current: Option<Match>,
-    /// Their latest match when none holds them (read it from the store).
+    /// Their latest match when it has ended (read it from the store).
     pub recent: Option<Uuid>,
     pub incoming: Vec<Challenge>,
     pub outgoing: Vec<Challenge>,
@@ -260,7 +260,14 @@ pub struct Standing {
 
 impl MatchmakerActor {
     fn standing(&self, user: &UserId) -> Standing {
-        let current = self.engine.current_match(user).cloned();
+        // The match holding them, else their latest one while it is still live here (awaiting
+        // the opponent's result); an ended one is named by id, for the store.
+        let live = self.engine.current_match(user).or_else(|| {
+            self.engine
+                .recent_match(user)
+                .and_then(|id| self.engine.live_match(id))
+        });
+        let current = live.cloned();
         let recent = match &current {
             Some(_) => None,
             None => self.engine.recent_match(user),

@@ -126,6 +126,18 @@ pub enum ChallengeStatus {
     Withdrawn,
 }
 
+impl ChallengeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeStatus::Pending => "pending",
+            ChallengeStatus::Accepted => "accepted",
+            ChallengeStatus::Declined => "declined",
+            ChallengeStatus::Expired => "expired",
+            ChallengeStatus::Withdrawn => "withdrawn",
+        }
+    }
+}
+
 /// A direct challenge: `from` asks `to` for a duel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Challenge {
@@ -220,4 +232,33 @@ pub struct QueuedTicket {
     pub scope: Option<Scope>,
     pub rating: f64,
     pub queued_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_status_names_are_the_wire_names() {
+        let wire = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        for s in [
+            ChallengeStatus::Pending,
+            ChallengeStatus::Accepted,
+            ChallengeStatus::Declined,
+            ChallengeStatus::Expired,
+            ChallengeStatus::Withdrawn,
+        ] {
+            assert_eq!(s.as_str(), wire(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            MatchStatus::ReadyCheck,
+            MatchStatus::Confirmed,
+            MatchStatus::Settled,
+            MatchStatus::Disputed,
+            MatchStatus::Cancelled,
+            MatchStatus::Expired,
+        ] {
+            assert_eq!(s.as_str(), wire(serde_json::to_value(s).unwrap()));
+        }
+    }
 }

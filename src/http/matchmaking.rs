@@ -152,15 +152,7 @@ pub struct MeView {
 async fn me_view(state: &AppState, standing: Standing) -> Result<MeView, ApiError> {
     let current = match (standing.current, standing.recent) {
         (Some(m), _) => Some(m),
-        (None, Some(id)) => match state
-            .matchmaker
-            .send(GetLiveMatch { id })
-            .await
-            .map_err(mailbox)?
-        {
-            Some(m) => Some(m),
-            None => state.store.get_match(id).await?,
-        },
+        (None, Some(id)) => state.store.get_match(id).await?,
         (None, None) => None,
     };
     Ok(MeView {

@@ -48,7 +48,7 @@ pub(super) async fn apply_change(
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
             )
             .bind(c.challenge_id.to_string())
-            .bind(challenge_status(c))
+            .bind(c.status.as_str())
             .bind(c.from.as_str())
             .bind(c.to.as_str())
             .bind(serde_json::to_string(c)?)
@@ -86,13 +86,6 @@ pub(super) async fn apply_change(
         Change::Settle(m) => settle(tx, m, now).await,
         Change::Ascent(a) => ascent(tx, a).await,
     }
-}
-
-fn challenge_status(c: &Challenge) -> String {
-    serde_json::to_value(c.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 async fn save_match(tx: &mut Transaction<'_, Sqlite>, m: &Match) -> anyhow::Result<()> {
@@ -231,15 +224,27 @@ async fn settle(
     }
     save_match(tx, m).await?;
 
+    // Before and after, in the match's player order.
+    let ratings: Vec<(UserId, Rating, Rating)> = m
+        .players
+        .iter()
+        .map(|p| {
+            let (before, after) = if p.user_id == winner {
+                (winner_before, winner_after)
+            } else {
+                (loser_before, loser_after)
+            };
+            (
+                p.user_id.clone(),
+                before.unwrap_or_else(rating::initial),
+                after,
+            )
+        })
+        .collect();
     let mut events = Vec::with_capacity(2 + rank_changes.len());
-    for p in &m.players {
-        let after = if p.user_id == winner {
-            &winner_after
-        } else {
-            &loser_after
-        };
+    for (user, _, after) in &ratings {
         events.push(NewEvent {
-            user: p.user_id.clone(),
+            user: user.clone(),
             event: Event::MatchResult {
                 match_id: m.match_id,
                 winner: winner.clone(),
@@ -260,25 +265,6 @@ async fn settle(
             idempotency_key: None,
         });
     }
-    let ratings = m
-        .players
-        .iter()
-        .map(|p| {
-            if p.user_id == winner {
-                (
-                    winner.clone(),
-                    winner_before.unwrap_or_else(rating::initial),
-                    winner_after,
-                )
-            } else {
-                (
-                    loser.clone(),
-                    loser_before.unwrap_or_else(rating::initial),
-                    loser_after,
-                )
-            }
-        })
-        .collect();
     Ok((
         ChangeOutcome::Settled(Settlement {
             ratings,

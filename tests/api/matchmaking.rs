@@ -68,6 +68,15 @@ async fn post_ok(app: &TestApp, token: &str, path: &str, body: Value) -> Value {
     body
 }
 
+/// `POST /v1/matches/{id}/{action}` (ready, cancel) with an empty body.
+async fn act(app: &TestApp, token: &str, id: &str, action: &str) -> reqwest::Response {
+    post(app, token, &format!("/v1/matches/{id}/{action}"), json!({})).await
+}
+
+async fn act_ok(app: &TestApp, token: &str, id: &str, action: &str) -> Value {
+    post_ok(app, token, &format!("/v1/matches/{id}/{action}"), json!({})).await
+}
+
 async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
     let response = app.get_as(token, path).await;
     assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -120,22 +129,10 @@ async fn two_climbers_are_paired_ready_up_and_settle_a_result_that_moves_the_lea
     assert_eq!(me["match"]["match_id"], id.as_str());
     assert_eq!(me["match"]["status"], "ready_check");
 
-    let m = post_ok(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    let m = act_ok(&app, &ana.token, &id, "ready").await;
     assert_eq!(m["status"], "ready_check");
     assert_eq!(bob.expect("opponent_ready").await["match_id"], id.as_str());
-    let m = post_ok(
-        &app,
-        &bob.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    let m = act_ok(&app, &bob.token, &id, "ready").await;
     assert_eq!(m["status"], "confirmed");
     assert_eq!(ana.expect("opponent_ready").await["match_id"], id.as_str());
     ana.expect("match_confirmed").await;
@@ -199,7 +196,7 @@ async fn play(app: &TestApp, winner: &mut Climber, loser: &mut Climber) {
     .await;
     let id = m["match_id"].as_str().unwrap().to_owned();
     for c in [&*winner, &*loser] {
-        post_ok(app, &c.token, &format!("/v1/matches/{id}/ready"), json!({})).await;
+        act_ok(app, &c.token, &id, "ready").await;
     }
     let result = json!({ "winner": winner.name });
     for c in [&*winner, &*loser] {
@@ -327,21 +324,9 @@ async fn a_cancel_requeues_the_ready_opponent_at_their_original_queue_time_but_n
         .to_owned();
     bob.expect("match_found").await;
 
-    post_ok(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    act_ok(&app, &ana.token, &id, "ready").await;
     bob.expect("opponent_ready").await;
-    let m = post_ok(
-        &app,
-        &bob.token,
-        &format!("/v1/matches/{id}/cancel"),
-        json!({}),
-    )
-    .await;
+    let m = act_ok(&app, &bob.token, &id, "cancel").await;
     assert_eq!(m["status"], "cancelled");
 
     assert_eq!(
@@ -359,13 +344,7 @@ async fn a_cancel_requeues_the_ready_opponent_at_their_original_queue_time_but_n
     assert_eq!(me["queue"], Value::Null);
     assert_eq!(me["match"]["status"], "cancelled");
     // Ended: acting on it again is a conflict, not a 404.
-    let late = post(
-        &app,
-        &bob.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    let late = act(&app, &bob.token, &id, "ready").await;
     assert_error(late, StatusCode::CONFLICT, "not_in_ready_check").await;
 }
 
@@ -375,13 +354,7 @@ async fn a_missed_ready_deadline_cancels_for_both_and_requeues_only_the_ready_cl
     let mut ana = Climber::new(&app, "ana").await;
     let mut bob = Climber::new(&app, "bob").await;
     let id = paired(&app, &mut ana, &mut bob).await;
-    post_ok(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    act_ok(&app, &ana.token, &id, "ready").await;
     bob.expect("opponent_ready").await;
 
     assert_eq!(
@@ -394,13 +367,7 @@ async fn a_missed_ready_deadline_cancels_for_both_and_requeues_only_the_ready_cl
     );
     ana.expect("requeued").await;
 
-    let late = post(
-        &app,
-        &bob.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    let late = act(&app, &bob.token, &id, "ready").await;
     assert_error(late, StatusCode::CONFLICT, "not_in_ready_check").await;
     let me = get_json(&app, &bob.token, "/v1/me/match").await;
     assert_eq!(me["queue"], Value::Null);
@@ -474,13 +441,7 @@ async fn a_challenge_can_be_accepted_into_a_ready_check_or_declined() {
 
     // Cancel, then a declined challenge the other way round.
     let id = m["match_id"].as_str().unwrap();
-    post_ok(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/cancel"),
-        json!({}),
-    )
-    .await;
+    act_ok(&app, &ana.token, id, "cancel").await;
     ana.expect("match_cancelled").await;
     bob.expect("match_cancelled").await;
     let c = post_ok(
@@ -591,13 +552,7 @@ async fn bad_matchmaking_input_gets_a_clear_4xx_and_changes_nothing() {
 
     let id = paired(&app, &mut ana, &mut bob).await;
     let before = get_json(&app, &ana.token, &format!("/v1/matches/{id}")).await;
-    let foreign = post(
-        &app,
-        &cy.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    let foreign = act(&app, &cy.token, &id, "ready").await;
     assert_error(foreign, StatusCode::FORBIDDEN, "forbidden").await;
     let peek = app.get_as(&cy.token, &format!("/v1/matches/{id}")).await;
     assert_error(peek, StatusCode::FORBIDDEN, "forbidden").await;
@@ -614,28 +569,10 @@ async fn bad_matchmaking_input_gets_a_clear_4xx_and_changes_nothing() {
         before
     );
 
-    post_ok(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
-    let twice = post(
-        &app,
-        &ana.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    act_ok(&app, &ana.token, &id, "ready").await;
+    let twice = act(&app, &ana.token, &id, "ready").await;
     assert_error(twice, StatusCode::CONFLICT, "already_ready").await;
-    post_ok(
-        &app,
-        &bob.token,
-        &format!("/v1/matches/{id}/ready"),
-        json!({}),
-    )
-    .await;
+    act_ok(&app, &bob.token, &id, "ready").await;
 
     let result = format!("/v1/matches/{id}/result");
     let outsider = post(&app, &cy.token, &result, json!({ "winner": "cy" })).await;
@@ -780,7 +717,7 @@ async fn a_restart_keeps_queued_climbers_in_place_with_their_queue_time_and_live
     post_ok(&app, &cy, "/v1/queue", json!({ "discipline": "speed" })).await;
     let m = post_ok(&app, &dan, "/v1/queue", json!({ "discipline": "speed" })).await;
     let id = m["match"]["match_id"].as_str().unwrap().to_owned();
-    post_ok(&app, &cy, &format!("/v1/matches/{id}/ready"), json!({})).await;
+    act_ok(&app, &cy, &id, "ready").await;
 
     let app = app.restart().await;
 
@@ -799,7 +736,7 @@ async fn a_restart_keeps_queued_climbers_in_place_with_their_queue_time_and_live
         .clone();
     assert_eq!(cy_ready, true);
     // The ready check goes on where it stopped.
-    let m = post_ok(&app, &dan, &format!("/v1/matches/{id}/ready"), json!({})).await;
+    let m = act_ok(&app, &dan, &id, "ready").await;
     assert_eq!(m["status"], "confirmed");
 
     // Ana is still the one waiting: the next lead climber is paired with her.
