@@ -479,12 +479,17 @@ impl WriteJob {
     }
 
     fn finish(self, result: anyhow::Result<Vec<Applied>>) {
-        if let Ok(applied) = &result {
-            let all: Vec<Appended> = applied
-                .iter()
-                .flat_map(|a| a.appended.iter().cloned())
-                .collect();
-            (self.on_commit)(&all);
+        match result.as_deref() {
+            // One work (every notify): hand its events over as they are, no copy.
+            Ok([only]) => (self.on_commit)(&only.appended),
+            Ok(applied) => {
+                let all: Vec<Appended> = applied
+                    .iter()
+                    .flat_map(|a| a.appended.iter().cloned())
+                    .collect();
+                (self.on_commit)(&all);
+            }
+            Err(_) => {}
         }
         let _ = self.reply.send(result);
     }
