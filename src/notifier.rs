@@ -69,6 +69,7 @@ impl Notifier {
     pub fn unread_changed(&self, user: &UserId, count: u64) -> anyhow::Result<()> {
         let bytes = frame::unread(&UnreadSummary {
             count,
+            cursor: None,
             latest: None,
         })?;
         self.hubs.publish(Delivery {

@@ -351,3 +351,47 @@ async fn commit_hooks_run_in_cursor_order_before_append_returns() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_unread_count_and_the_head_are_read_together() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let ana = user("ana");
+        assert_eq!(
+            store.unread_as_of(&ana).await.unwrap(),
+            (0, Cursor(0)),
+            "{name}"
+        );
+        // Every like is a new unread notification, so a consistent snapshot has count == head
+        // however the reads and the writes interleave.
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    store
+                        .append(vec![like("ana", &format!("p{i}"), "x")])
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut snapshots = 0;
+        while !writer.is_finished() {
+            let (count, head) = store.unread_as_of(&ana).await.unwrap();
+            assert_eq!(count, u64::try_from(head.0).unwrap(), "{name}");
+            snapshots += 1;
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        assert!(snapshots > 1, "{name}: the reads overlapped the writes");
+        store
+            .mark_read(&ana, &ReadSelector::UpTo(Cursor(100)))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.unread_as_of(&ana).await.unwrap(),
+            (200, Cursor(300)),
+            "{name}"
+        );
+    }
+}

@@ -186,10 +186,13 @@ impl CatchUpJob {
     /// On connect: the `unread` summary, then where the replay starts. A cursor beyond the
     /// user's head (a client of a reset database) restarts at the head.
     async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<()> {
-        let count = self.store.unread_count(&self.user).await?;
+        let (count, head) = self.store.unread_as_of(&self.user).await?;
         let latest = if count > 0 {
+            // Only what `count` covers: nothing newer than `head`.
             let query = ListQuery {
-                page: Page::Newest { before: None },
+                page: Page::Newest {
+                    before: Some(Cursor(head.0.saturating_add(1))),
+                },
                 unread_only: true,
                 limit: UNREAD_LATEST,
             };
@@ -197,12 +200,15 @@ impl CatchUpJob {
         } else {
             None
         };
-        let head = self.store.head(&self.user).await?;
         let start = match resume {
             Some(cursor) if cursor <= head => cursor,
             _ => head,
         };
-        let summary = frame::unread(&UnreadSummary { count, latest })?;
+        let summary = frame::unread(&UnreadSummary {
+            count,
+            cursor: Some(head),
+            latest,
+        })?;
         let mut outbox = self.outbox.borrow_mut();
         outbox.push_direct(summary);
         outbox.start_from(start);

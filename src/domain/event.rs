@@ -245,6 +245,11 @@ impl PostLiked {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UnreadSummary {
     pub count: u64,
+    /// On connect: the user's newest cursor when `count` was taken. A stored event with a larger
+    /// cursor is not in `count`; one at or below it is, if it is unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, nullable = false)]
+    pub cursor: Option<Cursor>,
     /// Newest unread notifications, on connect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // A notification can hold an `unread` event: collecting schemas must stop here.
@@ -617,6 +622,7 @@ mod tests {
             (
                 Event::Unread(UnreadSummary {
                     count: 2,
+                    cursor: None,
                     latest: None,
                 }),
                 &["count"],

@@ -47,7 +47,8 @@ fn resume_cursor(req: &HttpRequest, query: &EventsQuery) -> Result<Option<Cursor
 /// Frames, in this order:
 ///
 /// - `retry: <sse.retry_ms>`: the reconnect hint, first.
-/// - `event: unread`, `data:` an `UnreadSummary` with `latest` (the newest unread
+/// - `event: unread`, `data:` an `UnreadSummary` with `cursor` (the head the count was taken at:
+///   replayed events at or below it are in `count`) and `latest` (the newest unread
 ///   notifications): always next, no `id`.
 /// - Missed events after `Last-Event-ID` (or `last_event_id`), oldest first, then live ones:
 ///   `id: <cursor>`, `event: <kind>`, `data:` a `Notification`. The `id` is the user's cursor,

@@ -110,6 +110,7 @@ mod tests {
     fn unread_frames_have_no_id() {
         let frame = unread(&UnreadSummary {
             count: 3,
+            cursor: None,
             latest: None,
         })
         .unwrap();

@@ -212,6 +212,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn unread_count(&self, user: &UserId) -> anyhow::Result<u64>;
 
+    /// The unread count and the head cursor, read together: the count covers exactly the
+    /// unread events at or below the cursor.
+    async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)>;
+
     /// Marks notifications of `user` read; returns how many changed.
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64>;
 

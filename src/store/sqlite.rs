@@ -669,6 +669,19 @@ impl Store for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)> {
+        // One statement reads one snapshot, so no commit falls between the two numbers.
+        let (count, head): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM notifications WHERE user_id = ?1 AND read_at IS NULL), \
+                    (SELECT last_cursor FROM user_cursors WHERE user_id = ?1)",
+        )
+        .bind(user.as_str())
+        .fetch_one(&self.reader)
+        .await
+        .context("counting unread notifications")?;
+        Ok((u64::try_from(count).unwrap_or(0), Cursor(head.unwrap_or(0))))
+    }
+
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64> {
         let now = to_ms(Utc::now());
         // Clearing collapse_key ends collapsing: the next like of that post is a new notification.

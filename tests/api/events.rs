@@ -197,10 +197,27 @@ async fn the_unread_summary_lists_the_newest_unread_notifications() {
     let latest = unread["latest"].as_array().unwrap();
     assert_eq!(latest.len(), 10);
     assert_eq!(latest[0]["cursor"], 12);
+    assert_eq!(unread["cursor"], 12, "the cursor the count was taken at");
     assert!(
         stream.is_quiet_for(Duration::from_millis(200)).await,
         "no replay without a cursor"
     );
+
+    // Resuming: the count (and its cursor) covers the replayed events too, so a client that adds
+    // replayed events with a cursor above it counts each unread event once.
+    let mut resumed = app.open_stream(&token, Some("5")).await;
+    let unread = data(&resumed.expect().await);
+    assert_eq!(
+        (unread["count"].as_i64(), unread["cursor"].as_i64()),
+        (Some(12), Some(12))
+    );
+    assert_eq!(resumed.expect().await.id, "6");
+    app.like("ana", "p13", "bob").await;
+    let mut ids = Vec::new();
+    for _ in 6..=12 {
+        ids.push(resumed.expect().await.id);
+    }
+    assert_eq!(ids.last().map(String::as_str), Some("13"));
 }
 
 /// A client with a tiny receive buffer that sends its request and then reads nothing.
