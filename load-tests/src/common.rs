@@ -366,7 +366,7 @@ pub struct ErrorTally {
 }
 
 /// One line of the error list in a report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorCount {
     pub count: u64,
     pub message: String,

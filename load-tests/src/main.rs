@@ -1,10 +1,19 @@
 //! `belay-load`: load generator for the Belay notification server (one subcommand per scenario),
 //! and a simulator of its matchmaking pool.
 
+mod adapter;
 mod common;
+mod compare;
+mod fleet;
+mod lean;
+mod matchmaking;
 mod notify;
+mod output;
 mod pair;
+mod procfs;
+mod sessions;
 mod simulate;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -20,6 +29,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// Open N SSE sessions (several client processes when needed), hold them, send a burst of
+    /// broadcasts; report connect rate, errors and server memory per session.
+    Connections(sessions::ConnectionsArgs),
+    /// With N sessions open, broadcast events back to back or at a fixed rate; report the time
+    /// until every session has each event, frames per second and server CPU per frame.
+    Fanout(sessions::FanoutArgs),
+    /// Many climbers with open streams join the queue at once, take match_found, press ready
+    /// and take match_confirmed; report times, matches per second and double matches.
+    Matchmaking(matchmaking::MatchmakingArgs),
     /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
     /// and measure delivery latency, loss and ordering.
     Notify(notify::NotifyArgs),
@@ -29,16 +47,24 @@ enum Scenario {
     /// Feed the pairing pool (no server) with simulated arrivals and compare Belay's default
     /// policy with grid-searched linear and step policies, FIFO and a 15-second batch.
     Simulate(simulate::SimulateArgs),
+    /// Print Belay / Nchan ratios from `connections` and `fanout` result files.
+    Compare(compare::CompareArgs),
+    /// One client process of a multi-process run (started by the scenarios themselves).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
-        Scenario::Notify(args) => notify::run(args).await,
-        Scenario::Pair(args) => pair::run(args).await,
-        // CPU-bound and single-shot: nothing else runs on the runtime meanwhile.
+        // A worker runs one thread of its own: the parallelism comes from several processes.
+        Scenario::Worker(args) => worker::main(args),
+        // CPU-bound and single-shot: no runtime needed.
         Scenario::Simulate(args) => simulate::run(args),
+        Scenario::Compare(args) => compare::run(&args),
+        scenario => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(run(scenario))),
     };
     // Print the context chain on one line, not anyhow's Debug form: with RUST_BACKTRACE set
     // that adds a stack trace the operator does not need for "server not running".
@@ -47,6 +73,19 @@ async fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Notify(args) => notify::run(args).await,
+        Scenario::Pair(args) => pair::run(args).await,
+        Scenario::Connections(args) => sessions::connections(args).await,
+        Scenario::Fanout(args) => sessions::fanout(args).await,
+        Scenario::Matchmaking(args) => matchmaking::run(args).await,
+        Scenario::Simulate(_) | Scenario::Compare(_) | Scenario::Worker(_) => {
+            anyhow::bail!("not an async scenario")
         }
     }
 }

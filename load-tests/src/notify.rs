@@ -21,6 +21,7 @@ use tokio::time::{MissedTickBehavior, timeout, timeout_at};
 use crate::common::{
     self, CpuUsage, ErrorCount, ErrorTally, LatencySummary, ShardedHistogram, Target, row,
 };
+use crate::output;
 
 /// Upper bound on events per run: the per-event bookkeeping is preallocated (16 bytes each).
 const MAX_EVENTS: u64 = 20_000_000;
@@ -64,9 +65,9 @@ pub struct NotifyArgs {
     /// Timeout in seconds of each publish or token request.
     #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..=600))]
     pub request_timeout: u64,
-    /// Also write the summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    /// JSON result file (the SVG plot goes beside it); default: load-tests/results/.
+    #[arg(long, alias = "json", value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Lifecycle of one published event (`Slot::state`).
@@ -84,6 +85,8 @@ struct Slot {
     user: AtomicU32,
     state: AtomicU8,
     received: AtomicBool,
+    /// Publish-to-receive latency in µs, for the plot (0: not measured).
+    latency_us: AtomicU32,
 }
 
 /// State read by the publisher and every receiver.
@@ -221,7 +224,24 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         batch: args.batch,
         counters: Arc::new(PublishCounters::default()),
     };
-    let published = publisher.run(&args, total_requests).await?;
+    let counters = Arc::clone(&publisher.counters);
+    let bar = output::bar(total_requests, "publishing");
+    let progress = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = counters.ok.load(Ordering::Relaxed);
+                let errors = counters.errors.load(Ordering::Relaxed);
+                bar.set_position(ok + errors);
+                bar.set_message(format!("errors {errors}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let published = publisher.run(&args, total_requests).await;
+    progress.abort();
+    bar.finish();
+    let published = published?;
     wait_for_delivery(&shared, Duration::from_secs(args.drain)).await;
     let cpu_end = common::process_cpu_seconds();
     let phase_wall = wall_publish.elapsed();
@@ -238,14 +258,40 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         ),
     );
     report.print();
-    if let Some(path) = &args.json {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    let svg = plot(&report, &shared)?;
+    output::write(args.out.as_deref(), "notify", &report, &svg)
+}
+
+/// Latency of every measured event by publish time, and its percentile spectrum.
+fn plot(report: &Report, shared: &Shared) -> Result<String> {
+    let mut samples: Vec<(f64, f64)> = shared
+        .slots
+        .iter()
+        .skip(usize::try_from(shared.warmup_events).unwrap_or(usize::MAX))
+        .filter_map(|slot| {
+            let latency = slot.latency_us.load(Ordering::Relaxed);
+            let sent = slot.sent_ns.load(Ordering::Relaxed);
+            (latency > 0 && sent > 0).then(|| (sent as f64 / 1e9, f64::from(latency) / 1e3))
+        })
+        .collect();
+    let start = samples.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
+    for sample in &mut samples {
+        sample.0 -= start;
     }
-    Ok(())
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let title = format!(
+        "notify: {:.0} events/s to {} users, batch {}",
+        report.achieved_rate_eps, report.users, report.batch
+    );
+    Ok(output::plot(
+        &title,
+        "seconds since the first measured publish",
+        &output::binned("publish to receive", &samples, 200),
+        &[output::spectrum(
+            "publish to receive",
+            &shared.latency_us.merged()?,
+        )],
+    ))
 }
 
 /// Spawns one session task per user and waits until each has opened or failed.
@@ -273,13 +319,16 @@ async fn open_sessions(
     drop(open_tx);
     let mut open_users = Vec::with_capacity(users as usize);
     let mut failures = 0;
+    let bar = output::bar(u64::from(users), "opening");
     while let Some((idx, user_id, ok)) = open_rx.recv().await {
+        bar.inc(1);
         if ok {
             open_users.push((idx, user_id));
         } else {
             failures += 1;
         }
     }
+    bar.finish();
     open_users.sort_unstable_by_key(|(idx, _)| *idx);
     (sessions, open_users, failures)
 }
@@ -397,8 +446,12 @@ fn on_event(
         *last_cursor = Some(last_cursor.map_or(cursor, |last| last.max(cursor)));
     }
     if seq >= shared.warmup_events {
-        let latency_ns = shared.now_ns().saturating_sub(sent_ns - 1);
-        shared.latency_us.record(idx as usize, latency_ns / 1000);
+        let latency_us = shared.now_ns().saturating_sub(sent_ns - 1) / 1000;
+        shared.latency_us.record(idx as usize, latency_us);
+        slot.latency_us.store(
+            u32::try_from(latency_us.max(1)).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -639,7 +692,7 @@ impl Publisher {
     }
 }
 
-/// The numbers printed as the summary table and written by --json.
+/// The numbers printed as the summary table and written by --out.
 #[derive(Debug, Serialize)]
 struct Report {
     scenario: &'static str,

@@ -1,0 +1,547 @@
+//! The hidden `worker` subcommand: one client process of a multi-process run. The parent
+//! (`fleet`) starts it with a JSON spec; it opens its share of SSE sessions from its own source
+//! address, then answers one-line commands on stdin (`stats`, `go`, `report`, `stop`) with one
+//! JSON line each on stdout. One thread, so the per-frame bookkeeping needs no locks.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::LocalSet;
+use tokio::time::timeout;
+
+use crate::adapter::{self, ServerSpec};
+use crate::common::{self, ErrorCount, Target};
+use crate::lean::{self, End, SseStream};
+
+/// How often a worker reports its opening progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Distinct error messages kept per worker.
+const MAX_DISTINCT_ERRORS: usize = 8;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker's share of the run, as JSON (written by the parent process).
+    #[arg(long)]
+    spec: String,
+}
+
+/// One worker's share of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub index: usize,
+    pub server: ServerSpec,
+    /// Local address every socket of this worker binds.
+    pub source: IpAddr,
+    /// Tag of the run: user ids are `lt-<run>-<n>`.
+    pub run: String,
+    pub first_user: u64,
+    pub sessions: u32,
+    pub open_concurrency: u32,
+    pub open_timeout_s: u64,
+    /// Broadcast sequence numbers tracked (0..seqs).
+    pub seqs: u64,
+    /// Set for the matchmaking scenario: each session is a climber.
+    pub climb: Option<ClimbSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClimbSpec {
+    pub discipline: String,
+    pub scope: String,
+    /// Joins and ready requests in flight per worker.
+    pub concurrency: u32,
+    /// Press ready after match_found (else stop at match_found).
+    pub ready: bool,
+}
+
+/// One line on the worker's stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMsg {
+    Progress(Stats),
+    Ready(Stats),
+    Stats(Stats),
+    Report(Box<WorkerReport>),
+}
+
+/// Running counts, summed over workers by the parent.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub opened: u64,
+    pub failed: u64,
+    /// Open sessions whose stream ended before the run did.
+    pub dropped: u64,
+    pub frames: u64,
+    /// Broadcast frames of this run (those with a marker).
+    pub marked: u64,
+    pub joined: u64,
+    pub found: u64,
+    pub confirmed: u64,
+    pub climb_errors: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.opened += other.opened;
+        self.failed += other.failed;
+        self.dropped += other.dropped;
+        self.frames += other.frames;
+        self.marked += other.marked;
+        self.joined += other.joined;
+        self.found += other.found;
+        self.confirmed += other.confirmed;
+        self.climb_errors += other.climb_errors;
+    }
+}
+
+/// Everything a worker measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub stats: Stats,
+    /// Per broadcast seq: (receipts, largest publish-to-receive latency in µs).
+    pub per_seq: Vec<(u32, u64)>,
+    /// First and last broadcast receipt, µs since the epoch (0: none).
+    pub first_recv_us: u64,
+    pub last_recv_us: u64,
+    /// Publish-to-receive latency of every broadcast delivery: (µs, count) pairs.
+    pub delivery_us: Vec<(u64, u64)>,
+    /// Per opened session: (start µs since the epoch, µs until open).
+    pub connects: Vec<(u64, u64)>,
+    pub errors: Vec<ErrorCount>,
+    pub climbers: Vec<Climber>,
+}
+
+/// What happened to one climber in the matchmaking scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Climber {
+    pub user: String,
+    /// When the join request left, µs since the epoch (0: never joined).
+    pub joined_us: u64,
+    pub match_id: Option<String>,
+    pub opponent: Option<String>,
+    /// µs from join to match_found, and to match_confirmed.
+    pub found_after_us: Option<u64>,
+    pub confirmed_after_us: Option<u64>,
+    /// match_found frames seen on the stream (more than one means matched twice).
+    pub found_frames: u32,
+    pub error: Option<String>,
+}
+
+/// The worker's bookkeeping; one thread, so a RefCell.
+struct Tally {
+    stats: Stats,
+    per_seq: Vec<(u32, u64)>,
+    first_recv_us: u64,
+    last_recv_us: u64,
+    delivery: Histogram<u64>,
+    connects: Vec<(u64, u64)>,
+    errors: BTreeMap<String, u64>,
+    climbers: Vec<Climber>,
+}
+
+impl Tally {
+    fn error(&mut self, message: String) {
+        let key = if self.errors.contains_key(&message) || self.errors.len() < MAX_DISTINCT_ERRORS {
+            message
+        } else {
+            "(other errors)".to_owned()
+        };
+        *self.errors.entry(key).or_default() += 1;
+    }
+
+    fn on_frame(&mut self, frame: &[u8]) {
+        self.stats.frames += 1;
+        let Some((seq, sent_us)) = adapter::parse_marker(frame) else {
+            return;
+        };
+        let Some(cell) = usize::try_from(seq)
+            .ok()
+            .and_then(|i| self.per_seq.get_mut(i))
+        else {
+            return;
+        };
+        let now = adapter::now_us();
+        let latency = now.saturating_sub(sent_us);
+        cell.0 += 1;
+        cell.1 = cell.1.max(latency);
+        self.stats.marked += 1;
+        if self.first_recv_us == 0 {
+            self.first_recv_us = now;
+        }
+        self.last_recv_us = now;
+        self.delivery.saturating_record(latency.max(1));
+    }
+
+    fn report(&self) -> WorkerReport {
+        WorkerReport {
+            stats: self.stats,
+            per_seq: self.per_seq.clone(),
+            first_recv_us: self.first_recv_us,
+            last_recv_us: self.last_recv_us,
+            delivery_us: self
+                .delivery
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            connects: self.connects.clone(),
+            errors: self
+                .errors
+                .iter()
+                .map(|(message, &count)| ErrorCount {
+                    count,
+                    message: message.clone(),
+                })
+                .collect(),
+            climbers: self.climbers.clone(),
+        }
+    }
+}
+
+struct Ctx {
+    spec: WorkerSpec,
+    target: Target,
+    api: reqwest::Client,
+    tally: RefCell<Tally>,
+    open_permits: Semaphore,
+    request_permits: Semaphore,
+    stop: watch::Receiver<bool>,
+    go: watch::Receiver<bool>,
+}
+
+pub fn main(args: WorkerArgs) -> Result<()> {
+    let spec: WorkerSpec = serde_json::from_str(&args.spec).context("parsing --spec")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    LocalSet::new().block_on(&runtime, run(spec))
+}
+
+fn emit(msg: &WorkerMsg) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, msg).context("writing to the parent")?;
+    out.write_all(b"\n").context("writing to the parent")?;
+    out.flush().context("writing to the parent")
+}
+
+async fn run(spec: WorkerSpec) -> Result<()> {
+    let target = Target::loopback(&spec.server.base)?;
+    let concurrency = spec.climb.as_ref().map_or(1, |c| c.concurrency.max(1));
+    let api = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .local_address(spec.source)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host((concurrency as usize).max(spec.open_concurrency as usize))
+        .build()
+        .context("building the HTTP client")?;
+    let (stop_tx, stop) = watch::channel(false);
+    let (go_tx, go) = watch::channel(false);
+    let ctx = Rc::new(Ctx {
+        tally: RefCell::new(Tally {
+            stats: Stats::default(),
+            per_seq: vec![(0, 0); usize::try_from(spec.seqs).unwrap_or(0)],
+            first_recv_us: 0,
+            last_recv_us: 0,
+            delivery: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .context("creating a histogram")?,
+            connects: Vec::with_capacity(spec.sessions as usize),
+            errors: BTreeMap::new(),
+            climbers: Vec::new(),
+        }),
+        open_permits: Semaphore::new(spec.open_concurrency.max(1) as usize),
+        request_permits: Semaphore::new(concurrency as usize),
+        target,
+        api,
+        stop,
+        go,
+        spec,
+    });
+    if ctx.spec.climb.is_some() {
+        ctx.tally.borrow_mut().climbers = (0..ctx.spec.sessions)
+            .map(|i| Climber {
+                user: user_id(&ctx.spec, i),
+                ..Climber::default()
+            })
+            .collect();
+    }
+    for i in 0..ctx.spec.sessions {
+        tokio::task::spawn_local(session(Rc::clone(&ctx), i));
+    }
+
+    // Report opening progress until every session has opened or failed.
+    loop {
+        let stats = ctx.tally.borrow().stats;
+        if stats.opened + stats.failed >= u64::from(ctx.spec.sessions) {
+            emit(&WorkerMsg::Ready(stats))?;
+            break;
+        }
+        emit(&WorkerMsg::Progress(stats))?;
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = commands.next_line().await.context("reading commands")? {
+        match line.trim() {
+            "stats" => emit(&WorkerMsg::Stats(ctx.tally.borrow().stats))?,
+            "go" => {
+                let _ = go_tx.send(true);
+                emit(&WorkerMsg::Stats(ctx.tally.borrow().stats))?;
+            }
+            "report" => emit(&WorkerMsg::Report(Box::new(ctx.tally.borrow().report())))?,
+            "stop" => break,
+            other => bail!("unknown command {other:?}"),
+        }
+    }
+    // Sockets close when the process exits; nothing else to flush.
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+fn user_id(spec: &WorkerSpec, i: u32) -> String {
+    format!("lt-{}-{}", spec.run, spec.first_user + u64::from(i))
+}
+
+/// One session: open it, then either hold it (counting frames) or play a climber.
+async fn session(ctx: Rc<Ctx>, i: u32) {
+    let user = user_id(&ctx.spec, i);
+    let opened = open(&ctx, &user).await;
+    let (mut stream, token, started_us, micros) = match opened {
+        Ok(pair) => pair,
+        Err(err) => {
+            let mut tally = ctx.tally.borrow_mut();
+            tally.stats.failed += 1;
+            tally.error(format!("open: {err:#}"));
+            return;
+        }
+    };
+    {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.opened += 1;
+        tally.connects.push((started_us, micros));
+    }
+    if ctx.spec.climb.is_some()
+        && let Err(err) = climb(&ctx, i, &mut stream, token.as_deref()).await
+    {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.climb_errors += 1;
+        tally.error(format!("climb: {err:#}"));
+        if let Some(c) = tally.climbers.get_mut(i as usize) {
+            c.error = Some(format!("{err:#}"));
+        }
+    }
+    // Hold until told to stop, counting frames (and any late match_found).
+    let mut stop = ctx.stop.clone();
+    let ended = tokio::select! {
+        _ = stop.wait_for(|s| *s) => None,
+        ended = stream.frames(|frame| {
+            let mut tally = ctx.tally.borrow_mut();
+            tally.on_frame(frame);
+            if lean::field(frame, b"event") == Some(&b"match_found"[..])
+                && let Some(c) = tally.climbers.get_mut(i as usize)
+            {
+                c.found_frames += 1;
+            }
+            ControlFlow::Continue(())
+        }) => Some(ended),
+    };
+    if let Some(ended) = ended {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.dropped += 1;
+        let why = match ended {
+            Ok(_) => "server closed the stream".to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
+        tally.error(format!("dropped: {why}"));
+    }
+}
+
+/// Token (Belay), connection, and for Belay the `unread` frame that says the session is live.
+/// Returns the stream, its token, when opening started (µs since the epoch, after the wait for
+/// a turn) and how long it took (µs).
+async fn open(ctx: &Ctx, user: &str) -> Result<(SseStream, Option<String>, u64, u64)> {
+    let _permit = ctx.open_permits.acquire().await.context("open limiter")?;
+    let started_us = adapter::now_us();
+    let started = Instant::now();
+    let spec = &ctx.spec;
+    timeout(Duration::from_secs(spec.open_timeout_s), async {
+        let token = if spec.server.needs_tokens() {
+            let key = &spec.server.api_key;
+            // One retry: a pooled keep-alive connection may be closed by the server just as
+            // it is reused, which fails the request without it having been handled.
+            let token = match common::dev_token(&ctx.api, &ctx.target, key, user).await {
+                Ok(token) => token,
+                Err(_) => common::dev_token(&ctx.api, &ctx.target, key, user).await?,
+            };
+            Some(token)
+        } else {
+            None
+        };
+        let request = spec
+            .server
+            .stream_request(token.as_deref(), Some(spec.source));
+        let mut stream = SseStream::open(&request).await?;
+        if spec.server.waits_for_open_frame() {
+            let server = &spec.server;
+            let end = stream
+                .frames(|frame| {
+                    if server.is_open_frame(frame) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .await?;
+            if matches!(end, End::Closed) {
+                bail!("stream closed before its first event");
+            }
+        }
+        Ok((stream, token, started_us, micros(started.elapsed())))
+    })
+    .await
+    .with_context(|| format!("not open within {} s", spec.open_timeout_s))?
+}
+
+/// The next frame of one of `kinds`: its kind and parsed data. Frames of other kinds are only
+/// counted.
+async fn next_event(ctx: &Ctx, stream: &mut SseStream, kinds: &[&str]) -> Result<(String, Value)> {
+    let mut found: Option<(String, Value)> = None;
+    let end = stream
+        .frames(|frame| {
+            ctx.tally.borrow_mut().on_frame(frame);
+            let Some(kind) = lean::field(frame, b"event") else {
+                return ControlFlow::Continue(());
+            };
+            let Some(kind) = kinds.iter().find(|k| k.as_bytes() == kind) else {
+                return ControlFlow::Continue(());
+            };
+            let data = lean::field(frame, b"data")
+                .and_then(|d| serde_json::from_slice(d).ok())
+                .unwrap_or(Value::Null);
+            found = Some(((*kind).to_owned(), data));
+            ControlFlow::Break(())
+        })
+        .await?;
+    match (end, found) {
+        (End::Stopped, Some(event)) => Ok(event),
+        _ => bail!("stream ended while waiting for {}", kinds.join(" or ")),
+    }
+}
+
+/// A climber: wait for the go, join the queue, take match_found, press ready, take
+/// match_confirmed.
+async fn climb(ctx: &Ctx, i: u32, stream: &mut SseStream, token: Option<&str>) -> Result<()> {
+    let Some(spec) = ctx.spec.climb.as_ref() else {
+        return Ok(());
+    };
+    let token = token.context("a climber needs a token")?;
+    let mut go = ctx.go.clone();
+    go.wait_for(|g| *g).await.context("waiting for go")?;
+    let update = |f: &dyn Fn(&mut Climber)| {
+        if let Some(c) = ctx.tally.borrow_mut().climbers.get_mut(i as usize) {
+            f(c);
+        }
+    };
+
+    let joined_us = adapter::now_us();
+    let joined = Instant::now();
+    update(&|c| c.joined_us = joined_us);
+    {
+        let _permit = ctx.request_permits.acquire().await.context("limiter")?;
+        post(
+            ctx,
+            token,
+            "/v1/queue",
+            json!({ "discipline": spec.discipline, "scope": spec.scope }),
+        )
+        .await?;
+    }
+    ctx.tally.borrow_mut().stats.joined += 1;
+
+    let (_, data) = timeout(
+        Duration::from_secs(60),
+        next_event(ctx, stream, &["match_found"]),
+    )
+    .await
+    .context("no match_found within 60 s")??;
+    let found_after = micros(joined.elapsed());
+    // A stored event's frame carries the notification; the kind's fields are under "data".
+    let fields = &data["data"];
+    let Some(match_id) = fields["match_id"].as_str().map(str::to_owned) else {
+        bail!("match_found without a match_id: {data}");
+    };
+    let opponent = fields["opponent"].as_str().map(str::to_owned);
+    {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.found += 1;
+        if let Some(c) = tally.climbers.get_mut(i as usize) {
+            c.found_after_us = Some(found_after);
+            c.match_id = Some(match_id.clone());
+            c.opponent = opponent;
+            c.found_frames += 1;
+        }
+    }
+    if !spec.ready {
+        return Ok(());
+    }
+    {
+        let _permit = ctx.request_permits.acquire().await.context("limiter")?;
+        post(
+            ctx,
+            token,
+            &format!("/v1/matches/{match_id}/ready"),
+            json!({}),
+        )
+        .await?;
+    }
+    loop {
+        let (kind, _) = timeout(
+            Duration::from_secs(60),
+            next_event(ctx, stream, &["match_confirmed", "match_found"]),
+        )
+        .await
+        .context("no match_confirmed within 60 s")??;
+        if kind == "match_found" {
+            update(&|c| c.found_frames += 1);
+            continue;
+        }
+        break;
+    }
+    let confirmed_after = micros(joined.elapsed());
+    ctx.tally.borrow_mut().stats.confirmed += 1;
+    update(&|c| c.confirmed_after_us = Some(confirmed_after));
+    Ok(())
+}
+
+async fn post(ctx: &Ctx, token: &str, path: &str, body: Value) -> Result<()> {
+    let url = ctx.target.endpoint(path);
+    let resp = ctx
+        .api
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {path}"))?;
+    if !resp.status().is_success() {
+        bail!("POST {path}: {}", common::describe_error(resp).await);
+    }
+    Ok(())
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
