@@ -52,6 +52,10 @@ enum State {
     Closed,
 }
 
+/// Slots a drained queue keeps; one that grew beyond this in a burst gives its memory back, so
+/// an idle session costs the same after a burst as before it.
+const KEEP_SLOTS: usize = 8;
+
 #[derive(Debug)]
 pub struct Outbox {
     frames: VecDeque<Bytes>,
@@ -283,6 +287,9 @@ impl Outbox {
     /// The response body asks for the next frame; `None` ends the stream.
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(frame) = self.frames.pop_front() {
+            if self.frames.is_empty() && self.frames.capacity() > KEEP_SLOTS {
+                self.frames = VecDeque::new();
+            }
             if self.frames.len() <= self.capacity / 2
                 && let Some(w) = self.writer.take()
             {
@@ -447,6 +454,19 @@ mod tests {
         assert_eq!(drain(&mut o), ["1"]);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(o.poll_frame(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_queue_drained_after_a_burst_gives_its_memory_back() {
+        let mut o = live(256, 0);
+        for i in 1..=100 {
+            assert_eq!(o.offer_user(Cursor(i), frame("x")), Offer::Queued);
+        }
+        assert!(o.frames.capacity() >= 100);
+        assert_eq!(drain(&mut o).len(), 100);
+        assert!(o.frames.capacity() <= KEEP_SLOTS);
+        assert_eq!(o.offer_user(Cursor(101), frame("101")), Offer::Queued);
+        assert_eq!(drain(&mut o), ["101"]);
     }
 
     #[test]

@@ -315,6 +315,42 @@ async fn a_client_that_does_not_read_is_closed_while_a_fast_one_keeps_receiving(
     }
 }
 
+/// Connections start with a small read buffer that grows on demand: a request head several
+/// times its size (long cookies, proxy headers) still opens a stream, and a large notify body
+/// sent on top of long headers is read whole.
+#[actix_web::test]
+async fn requests_with_heads_and_bodies_larger_than_the_first_read_buffer_are_read_whole() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let padding = "x".repeat(6 * 1024);
+    let request = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(&token)
+        .header("Cookie", format!("host_session={padding}"))
+        .header("X-Forwarded-For", "203.0.113.7, 198.51.100.1");
+    let mut stream = crate::helpers::SseClient::open(request).await;
+    assert_eq!(stream.expect().await.event, "unread");
+
+    let events: Vec<_> = (0..100)
+        .map(|i| {
+            json!({"user_id": "ana", "kind": "post_liked",
+            "data": {"post_id": format!("a-rather-long-post-id-{i:040}"), "by": "bob"}})
+        })
+        .collect();
+    let response = app
+        .host_post("/v1/notify")
+        .header("X-Padding", &padding)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for cursor in 1..=100 {
+        assert_eq!(stream.expect().await.id, cursor.to_string());
+    }
+}
+
 #[actix_web::test]
 async fn sessions_beyond_the_per_user_cap_get_429() {
     let app = spawn_app_with(|s| s.sse.max_sessions_per_user = 2).await;
