@@ -942,3 +942,93 @@ async fn a_failing_change_commits_nothing_of_its_transaction() {
 fn event_kind(e: &Event) -> &'static str {
     e.kind().as_str()
 }
+
+fn ticket(who: &str, rating: f64, queued_ms: i64) -> belay::domain::QueuedTicket {
+    belay::domain::QueuedTicket {
+        user: user(who),
+        discipline: Discipline::Boulder,
+        scope: None,
+        rating,
+        queued_at: at(queued_ms),
+    }
+}
+
+/// One write of many steps, as the matchmaker commits them: every key ends as its last change
+/// left it, whatever came before it in the same transaction.
+#[tokio::test]
+async fn within_one_write_the_last_change_of_each_key_wins() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let mut m = a_match("ana", "ben", Discipline::Boulder, MatchStatus::ReadyCheck);
+        let mut confirmed = m.clone();
+        confirmed.status = MatchStatus::Confirmed;
+        let mut declined = challenge("cy", "dee", ChallengeStatus::Pending);
+        let pending = declined.clone();
+        declined.status = ChallengeStatus::Declined;
+        m.players[0].ready = true;
+        let works = vec![
+            (
+                vec![
+                    Change::SeeUser(user("ana")),
+                    Change::SaveTicket(ticket("ana", 1500.0, 1)),
+                    Change::SaveTicket(ticket("ben", 1510.0, 2)),
+                    Change::SaveTicket(ticket("cy", 1400.0, 3)),
+                ],
+                Vec::new(),
+            ),
+            (
+                vec![
+                    Change::DropTicket(user("ana")),
+                    Change::DropTicket(user("ben")),
+                    Change::SaveMatch(m.clone()),
+                    Change::SaveChallenge(pending),
+                ],
+                vec![like("ana", "p1")],
+            ),
+            (
+                vec![
+                    Change::SaveMatch(confirmed.clone()),
+                    Change::SaveTicket(ticket("ben", 1520.0, 2)),
+                    Change::DropTicket(user("dee")),
+                    Change::SaveChallenge(declined.clone()),
+                    Change::SeeUser(user("ana")),
+                ],
+                Vec::new(),
+            ),
+        ];
+        let applied = store.apply_many(works, Box::new(|_| ())).await.unwrap();
+        assert_eq!(applied.len(), 3, "{name}");
+        assert!(
+            applied
+                .iter()
+                .flat_map(|a| &a.outcomes)
+                .all(|o| *o == ChangeOutcome::Done),
+            "{name}"
+        );
+        assert_eq!(applied[1].appended.len(), 1, "{name}");
+
+        let mut tickets: Vec<(String, f64)> = store
+            .queued_tickets()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.user.to_string(), t.rating))
+            .collect();
+        tickets.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            tickets,
+            [("ben".to_owned(), 1520.0), ("cy".to_owned(), 1400.0)],
+            "{name}"
+        );
+        assert_eq!(
+            store.get_match(m.match_id).await.unwrap(),
+            Some(confirmed),
+            "{name}"
+        );
+        assert!(
+            store.pending_challenges().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert!(store.user_known(&user("ana")).await.unwrap(), "{name}");
+    }
+}

@@ -417,17 +417,20 @@ async fn write_group(pool: &SqlitePool, jobs: &[Work<'_>]) -> anyhow::Result<Vec
     let now = from_ms(to_ms(Utc::now()));
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut produced = Vec::with_capacity(jobs.len());
+    let mut folded = sqlite_play::Folded::default();
     for job in jobs {
         let mut done = Vec::with_capacity(job.changes.len());
         let mut events = Vec::new();
         for change in job.changes {
-            let (outcome, caused) = sqlite_play::apply_change(&mut tx, change, now).await?;
+            let (outcome, caused) =
+                sqlite_play::apply_change(&mut tx, &mut folded, change, now).await?;
             done.push(outcome);
             events.extend(caused);
         }
         outcomes.push(done);
         produced.push(events);
     }
+    folded.flush(&mut tx, now).await?;
     let items: Vec<&NewEvent> = jobs
         .iter()
         .zip(&produced)

@@ -4,7 +4,9 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::{Row, Sqlite, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{Change, ChangeOutcome, NewEvent, Settlement};
@@ -19,75 +21,176 @@ fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-/// Applies one change; returns what it did and the events it causes.
-pub(super) async fn apply_change(
+/// Rows of one multi-row statement (matches have the most columns: 8 binds a row).
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// Changes that only write rows by key, read nothing and cause no events (climbers, matches,
+/// challenges, queue tickets), held back and folded to their net effect: the last write of each
+/// key wins. [`Folded::flush`] writes them with a few multi-row statements, before any change that
+/// reads (a settlement, an ascent) and at the end of the transaction. A group of a few hundred
+/// matchmaking steps then costs a handful of statements instead of one per change.
+#[derive(Default)]
+pub(super) struct Folded<'a> {
+    climbers: HashSet<&'a str>,
+    matches: HashMap<Uuid, &'a Match>,
+    challenges: HashMap<Uuid, &'a Challenge>,
+    /// `None`: the ticket is dropped.
+    tickets: HashMap<&'a str, Option<&'a QueuedTicket>>,
+}
+
+impl<'a> Folded<'a> {
+    /// Writes what is held, then forgets it.
+    pub(super) async fn flush(
+        &mut self,
+        tx: &mut Transaction<'_, Sqlite>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let climbers: Vec<&str> = self.climbers.drain().collect();
+        for chunk in climbers.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO climbers (user_id, first_seen) ");
+            qb.push_values(chunk, |mut b, user| {
+                b.push_bind(*user).push_bind(to_ms(now));
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .context("recording climbers")?;
+        }
+
+        let challenges: Vec<(&Challenge, String)> = self
+            .challenges
+            .drain()
+            .map(|(_, c)| Ok((c, serde_json::to_string(c)?)))
+            .collect::<anyhow::Result<_>>()?;
+        for chunk in challenges.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO challenges (id, status, from_user, to_user, data, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, (c, data)| {
+                b.push_bind(c.challenge_id.to_string())
+                    .push_bind(c.status.as_str())
+                    .push_bind(c.from.as_str())
+                    .push_bind(c.to.as_str())
+                    .push_bind(data.as_str())
+                    .push_bind(to_ms(c.created_at));
+            });
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
+            );
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .context("saving challenges")?;
+        }
+
+        let matches: Vec<(&Match, String)> = self
+            .matches
+            .drain()
+            .map(|(_, m)| Ok((m, serde_json::to_string(m)?)))
+            .collect::<anyhow::Result<_>>()?;
+        for chunk in matches.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO matches \
+                 (id, status, discipline, player_a, player_b, data, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, (m, data)| {
+                b.push_bind(m.match_id.to_string())
+                    .push_bind(m.status.as_str())
+                    .push_bind(m.discipline.as_str())
+                    .push_bind(m.players[0].user_id.as_str())
+                    .push_bind(m.players[1].user_id.as_str())
+                    .push_bind(data.as_str())
+                    .push_bind(to_ms(m.created_at))
+                    .push_bind(to_ms(m.updated_at));
+            });
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data, \
+                 updated_at = excluded.updated_at",
+            );
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .context("saving matches")?;
+        }
+
+        let (saved, dropped): (Vec<_>, Vec<_>) =
+            self.tickets.drain().partition(|(_, t)| t.is_some());
+        let saved: Vec<&QueuedTicket> = saved.into_iter().filter_map(|(_, t)| t).collect();
+        for chunk in saved.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO queue_tickets (user_id, discipline, scope, rating, queued_at) ",
+            );
+            qb.push_values(chunk, |mut b, t| {
+                b.push_bind(t.user.as_str())
+                    .push_bind(t.discipline.as_str())
+                    .push_bind(t.scope.as_ref().map(|s| s.as_str()))
+                    .push_bind(t.rating)
+                    .push_bind(to_ms(t.queued_at));
+            });
+            qb.push(
+                " ON CONFLICT (user_id) DO UPDATE SET discipline = excluded.discipline, \
+                 scope = excluded.scope, rating = excluded.rating, queued_at = excluded.queued_at",
+            );
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .context("saving queue tickets")?;
+        }
+        for chunk in dropped.chunks(ROWS_PER_STATEMENT) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("DELETE FROM queue_tickets WHERE user_id IN (");
+            let mut list = qb.separated(", ");
+            for (user, _) in chunk {
+                list.push_bind(*user);
+            }
+            qb.push(")");
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .context("dropping queue tickets")?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies one change; returns what it did and the events it causes. Key-only writes are held
+/// in `folded` (the caller flushes it before committing); a change that reads flushes it first.
+pub(super) async fn apply_change<'a>(
     tx: &mut Transaction<'_, Sqlite>,
-    change: &Change,
+    folded: &mut Folded<'a>,
+    change: &'a Change,
     now: DateTime<Utc>,
 ) -> anyhow::Result<(ChangeOutcome, Vec<NewEvent>)> {
     match change {
         Change::SeeUser(user) => {
-            sqlx::query(
-                "INSERT INTO climbers (user_id, first_seen) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )
-            .bind(user.as_str())
-            .bind(to_ms(now))
-            .execute(&mut **tx)
-            .await
-            .context("recording a climber")?;
-            Ok((ChangeOutcome::Done, Vec::new()))
+            folded.climbers.insert(user.as_str());
         }
         Change::SaveMatch(m) => {
-            save_match(tx, m).await?;
-            Ok((ChangeOutcome::Done, Vec::new()))
+            folded.matches.insert(m.match_id, m);
         }
         Change::SaveChallenge(c) => {
-            sqlx::query(
-                "INSERT INTO challenges (id, status, from_user, to_user, data, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
-            )
-            .bind(c.challenge_id.to_string())
-            .bind(c.status.as_str())
-            .bind(c.from.as_str())
-            .bind(c.to.as_str())
-            .bind(serde_json::to_string(c)?)
-            .bind(to_ms(c.created_at))
-            .execute(&mut **tx)
-            .await
-            .context("saving a challenge")?;
-            Ok((ChangeOutcome::Done, Vec::new()))
+            folded.challenges.insert(c.challenge_id, c);
         }
         Change::SaveTicket(t) => {
-            sqlx::query(
-                "INSERT INTO queue_tickets (user_id, discipline, scope, rating, queued_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (user_id) DO UPDATE SET discipline = excluded.discipline, \
-                 scope = excluded.scope, rating = excluded.rating, queued_at = excluded.queued_at",
-            )
-            .bind(t.user.as_str())
-            .bind(t.discipline.as_str())
-            .bind(t.scope.as_ref().map(|s| s.as_str().to_owned()))
-            .bind(t.rating)
-            .bind(to_ms(t.queued_at))
-            .execute(&mut **tx)
-            .await
-            .context("saving a queue ticket")?;
-            Ok((ChangeOutcome::Done, Vec::new()))
+            folded.tickets.insert(t.user.as_str(), Some(t));
         }
         Change::DropTicket(user) => {
-            sqlx::query("DELETE FROM queue_tickets WHERE user_id = ?1")
-                .bind(user.as_str())
-                .execute(&mut **tx)
-                .await
-                .context("dropping a queue ticket")?;
-            Ok((ChangeOutcome::Done, Vec::new()))
+            folded.tickets.insert(user.as_str(), None);
         }
-        Change::Settle(m) => settle(tx, m, now).await,
-        Change::Ascent(a) => ascent(tx, a).await,
+        Change::Settle(m) => {
+            folded.flush(tx, now).await?;
+            return settle(tx, m, now).await;
+        }
+        Change::Ascent(a) => {
+            folded.flush(tx, now).await?;
+            return ascent(tx, a).await;
+        }
     }
+    Ok((ChangeOutcome::Done, Vec::new()))
 }
 
+/// One match, at once (a settlement writes its match before reading ratings).
 async fn save_match(tx: &mut Transaction<'_, Sqlite>, m: &Match) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO matches (id, status, discipline, player_a, player_b, data, created_at, updated_at) \
