@@ -32,6 +32,24 @@ pub fn source_address(index: usize) -> Result<IpAddr> {
     Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
+/// One spec per client process: `template` with its own index, source address and share of
+/// `sessions` (at most `per_worker` each).
+pub fn specs(template: &WorkerSpec, sessions: u32, per_worker: u32) -> Result<Vec<WorkerSpec>> {
+    shares(sessions, per_worker)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (first_user, count))| {
+            Ok(WorkerSpec {
+                index,
+                source: source_address(index)?,
+                first_user,
+                sessions: count,
+                ..template.clone()
+            })
+        })
+        .collect()
+}
+
 /// Splits `sessions` into shares of at most `per_worker`: (first user index, count).
 pub fn shares(sessions: u32, per_worker: u32) -> Vec<(u64, u32)> {
     let per_worker = per_worker.clamp(1, MAX_PER_WORKER);

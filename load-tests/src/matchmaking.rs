@@ -131,24 +131,19 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         concurrency: args.concurrency,
         ready: !args.no_ready,
     };
-    let specs = fleet::shares(args.climbers, args.per_worker)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first_user, sessions))| {
-            Ok(WorkerSpec {
-                index,
-                server: spec.clone(),
-                source: fleet::source_address(index)?,
-                run: run.clone(),
-                first_user,
-                sessions,
-                open_concurrency: args.open_concurrency,
-                open_timeout_s: args.open_timeout,
-                seqs: 0,
-                climb: Some(climb.clone()),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let template = WorkerSpec {
+        index: 0,
+        server: spec.clone(),
+        source: fleet::source_address(0)?,
+        run: run.clone(),
+        first_user: 0,
+        sessions: 0,
+        open_concurrency: args.open_concurrency,
+        open_timeout_s: args.open_timeout,
+        seqs: 0,
+        climb: Some(climb.clone()),
+    };
+    let specs = fleet::specs(&template, args.climbers, args.per_worker)?;
     eprintln!(
         "run {run}: {} climbers over {} client processes, queue {}/{}",
         args.climbers,

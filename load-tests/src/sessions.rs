@@ -119,24 +119,19 @@ async fn open_all(args: &SessionArgs, seqs: u64) -> Result<Opened> {
     };
     let memory_idle = procfs::memory(&server_pids);
     let run = common::run_tag();
-    let specs = fleet::shares(args.sessions, args.per_worker)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first_user, sessions))| {
-            Ok(WorkerSpec {
-                index,
-                server: spec.clone(),
-                source: fleet::source_address(index)?,
-                run: run.clone(),
-                first_user,
-                sessions,
-                open_concurrency: args.open_concurrency,
-                open_timeout_s: args.open_timeout,
-                seqs,
-                climb: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let template = WorkerSpec {
+        index: 0,
+        server: spec.clone(),
+        source: fleet::source_address(0)?,
+        run: run.clone(),
+        first_user: 0,
+        sessions: 0,
+        open_concurrency: args.open_concurrency,
+        open_timeout_s: args.open_timeout,
+        seqs,
+        climb: None,
+    };
+    let specs = fleet::specs(&template, args.sessions, args.per_worker)?;
     eprintln!(
         "run {run}: {} sessions to {:?} at {} over {} client processes; server pids {:?}",
         args.sessions,
