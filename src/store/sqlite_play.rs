@@ -1,11 +1,11 @@
 //! SQLite: matchmaking tables (climbers, matches, challenges, ratings, ascents). Changes run
 //! inside the writer's transaction, so the events they cause commit with them.
 
+use std::collections::{HashMap, HashSet};
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use std::collections::{HashMap, HashSet};
-
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
