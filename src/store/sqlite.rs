@@ -63,9 +63,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating database folder {}", dir.display()))?;
         }
+        // The writer never checkpoints: SQLite would do it inside the commit that crosses the
+        // threshold, holding up the group. A background task does it instead (below).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await
             .with_context(|| format!("opening {url}"))?;
         MIGRATOR
@@ -78,18 +80,49 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .connect_with(options.read_only(true))
+                .connect_with(options.clone().read_only(true))
                 .await
                 .with_context(|| format!("opening readers for {url}"))?
         };
         let (writes, jobs) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(writer.clone(), jobs));
+        if !in_memory {
+            let checkpointer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .with_context(|| format!("opening the checkpoint connection for {url}"))?;
+            tokio::spawn(checkpoint_loop(checkpointer, writes.downgrade()));
+        }
         Ok(SqliteStore {
             writes,
             writer,
             reader,
         })
     }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file from its own connection, beside the
+/// writer (a passive checkpoint never blocks it), until the store is dropped.
+async fn checkpoint_loop(pool: SqlitePool, store: mpsc::WeakSender<WriteJob>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.upgrade().is_none() {
+            break;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = ?error, "WAL checkpoint failed; retrying");
+        }
+    }
+    pool.close().await;
 }
 
 fn to_ms(t: DateTime<Utc>) -> i64 {
@@ -131,6 +164,15 @@ struct Touched {
 }
 
 /// Runs `SELECT ... WHERE (a, b) IN (VALUES ...)` in chunks; `prefix` ends with `IN (VALUES `.
+/// Unread notifications that collapse, by (user, collapse key). The `IS NOT NULL` term lets
+/// SQLite use the partial index on collapse keys.
+fn collapse_lookup() -> String {
+    format!(
+        "SELECT {COLUMNS}, user_id, collapse_key FROM notifications \
+         WHERE collapse_key IS NOT NULL AND (user_id, collapse_key) IN (VALUES "
+    )
+}
+
 async fn select_pairs(
     tx: &mut Transaction<'_, Sqlite>,
     prefix: &str,
@@ -222,10 +264,7 @@ async fn append_in(
         .collect();
     let mut open: HashMap<(String, String), Uuid> = HashMap::new();
     if !collapsible.is_empty() {
-        let prefix = format!(
-            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications \
-             WHERE (user_id, collapse_key) IN (VALUES "
-        );
+        let prefix = collapse_lookup();
         for row in select_pairs(tx, &prefix, &collapsible).await? {
             let n = notification_from_row(&row)?;
             let user =
@@ -738,5 +777,78 @@ impl Store for SqliteStore {
             .await
             .context("pinging SQLite")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Committed events reach the database file itself, not only the WAL, without the writer
+    /// checkpointing: the background checkpoint copies them over.
+    #[tokio::test]
+    async fn a_background_checkpoint_moves_commits_into_the_database_file() {
+        use crate::domain::{Event, PostId, PostLiked, UserId};
+        use crate::store::{NewEvent, Store};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = dir.path().join("belay.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", db.display()), 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let user = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let events: Vec<NewEvent> = (0..50)
+            .map(|i| NewEvent {
+                user: user("ana"),
+                event: Event::PostLiked(PostLiked::new(
+                    PostId::parse(format!("p{i}")).unwrap_or_else(|e| panic!("{e}")),
+                    user("bob"),
+                )),
+                idempotency_key: None,
+            })
+            .collect();
+        store.append(events).await.unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+
+        // The database file alone, without its WAL.
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&db, &copy).unwrap_or_else(|e| panic!("{e}"));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("sqlite://{}", copy.display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 50);
+    }
+
+    /// Looking up open collapse keys searches the partial index, however many pairs a group has.
+    #[tokio::test]
+    async fn the_collapse_lookup_searches_its_index() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        MIGRATOR.run(&pool).await.unwrap_or_else(|e| panic!("{e}"));
+        for n in [1, 3] {
+            let pairs: Vec<(String, String)> =
+                (0..n).map(|i| (format!("u{i}"), format!("k{i}"))).collect();
+            let mut tx = pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+            let query = format!("EXPLAIN QUERY PLAN {}", collapse_lookup());
+            let plan: Vec<String> = select_pairs(&mut tx, &query, &pairs)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap_or_default())
+                .collect();
+            assert!(
+                plan.iter().any(|d| d
+                    .starts_with("SEARCH notifications USING INDEX notifications_user_collapse")),
+                "{n} pairs: {plan:?}"
+            );
+        }
     }
 }
