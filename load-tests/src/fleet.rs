@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::common::ErrorCount;
 use crate::procfs;
 use crate::worker::{Stats, WorkerMsg, WorkerReport, WorkerSpec};
 
@@ -48,6 +49,23 @@ pub fn specs(template: &WorkerSpec, sessions: u32, per_worker: u32) -> Result<Ve
             })
         })
         .collect()
+}
+
+/// The workers' error lists merged, most frequent first.
+pub fn errors(reports: &[WorkerReport]) -> Vec<ErrorCount> {
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    for e in reports.iter().flat_map(|r| r.errors.iter()) {
+        *counts.entry(&e.message).or_default() += e.count;
+    }
+    let mut list: Vec<ErrorCount> = counts
+        .into_iter()
+        .map(|(message, count)| ErrorCount {
+            count,
+            message: message.to_owned(),
+        })
+        .collect();
+    list.sort_by_key(|e| std::cmp::Reverse(e.count));
+    list
 }
 
 /// Splits `sessions` into shares of at most `per_worker`: (first user index, count).

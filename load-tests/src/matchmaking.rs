@@ -3,7 +3,7 @@
 //! each, climbers and matches per second, errors, and checks that nobody was matched twice, with
 //! themself, or into a match the opponent does not share.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -243,7 +243,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         server_cpu_s,
         client_cpu_s,
         wall_s,
-        errors: errors(&reports),
+        errors: fleet::errors(&reports),
     };
 
     println!();
@@ -350,22 +350,6 @@ fn integrity(climbers: &[&Climber]) -> Integrity {
         }
     }
     result
-}
-
-fn errors(reports: &[crate::worker::WorkerReport]) -> Vec<ErrorCount> {
-    let mut counts = BTreeMap::<&str, u64>::new();
-    for e in reports.iter().flat_map(|r| r.errors.iter()) {
-        *counts.entry(&e.message).or_default() += e.count;
-    }
-    let mut list: Vec<ErrorCount> = counts
-        .into_iter()
-        .map(|(message, count)| ErrorCount {
-            count,
-            message: message.to_owned(),
-        })
-        .collect();
-    list.sort_by_key(|e| std::cmp::Reverse(e.count));
-    list
 }
 
 #[cfg(test)]

@@ -449,22 +449,6 @@ fn kib_per_session(after: u64, idle: u64, sessions: u64) -> f64 {
     (after as f64 - idle as f64) / sessions as f64
 }
 
-fn errors_of(reports: &[WorkerReport]) -> Vec<ErrorCount> {
-    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    for e in reports.iter().flat_map(|r| r.errors.iter()) {
-        *counts.entry(&e.message).or_default() += e.count;
-    }
-    let mut list: Vec<ErrorCount> = counts
-        .into_iter()
-        .map(|(message, count)| ErrorCount {
-            count,
-            message: message.to_owned(),
-        })
-        .collect();
-    list.sort_by_key(|e| std::cmp::Reverse(e.count));
-    list
-}
-
 /// Points of a plot: (seconds, ms).
 type Samples = Vec<(f64, f64)>;
 
@@ -603,7 +587,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         server_memory_after_burst: after_burst,
         hold_s: args.hold,
         burst,
-        errors: errors_of(&reports),
+        errors: fleet::errors(&reports),
     };
     opened.fleet.stop().await;
 
@@ -727,7 +711,7 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
         fanout: run,
         server_memory_idle: opened.memory_idle,
         server_memory_after: after,
-        errors: errors_of(&reports),
+        errors: fleet::errors(&reports),
     };
     opened.fleet.stop().await;
 
