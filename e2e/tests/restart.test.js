@@ -61,6 +61,7 @@ test('kill and restart while notifications are sent: each listed exactly once', 
   });
 
   let accepted = 0;
+  let senderDone = false;
   const sender = (async () => {
     const results = [];
     for (let i = 1; i <= COUNT; i++) {
@@ -69,7 +70,7 @@ test('kill and restart while notifications are sent: each listed exactly once', 
       await sleep(30);
     }
     return results;
-  })();
+  })().finally(() => { senderDone = true; });
 
   // Let some arrive live, then kill the server without warning. The browser is kept from
   // reconnecting until well after the restart, so that many likes are stored while it is away
@@ -80,7 +81,8 @@ test('kill and restart while notifications are sent: each listed exactly once', 
   await server.kill();
   await sleep(1000);
   await server.start();
-  while (accepted < 40) await sleep(20);
+  while (accepted < 40 && !senderDone) await sleep(20);
+  if (accepted < 40) await sender; // it stopped early: its error fails the test
   assert.notEqual(await kim.page.getByTestId('status').getAttribute('data-state'), 'connected');
   await kim.page.unroute('**/v1/events?**');
 
