@@ -224,6 +224,105 @@ async fn read_state_filters_the_list_and_counts() {
     }
 }
 
+/// The unread count is kept beside the head, not counted from the rows: after every kind of
+/// write it must still equal the rows that are unread, for each user.
+#[tokio::test]
+async fn the_unread_count_equals_the_unread_rows_after_every_write() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let users = ["ana", "bob"];
+        let mut ids: Vec<uuid::Uuid> = Vec::new();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for step in 0..120 {
+            let who = users[usize::try_from(next(2)).unwrap()];
+            match next(5) {
+                // A batch of likes: few posts, so some collapse; some keys repeat.
+                0..=2 => {
+                    let batch: Vec<NewEvent> = (0..1 + next(4))
+                        .map(|_| {
+                            let to = users[usize::try_from(next(2)).unwrap()];
+                            let mut e = like(to, &format!("p{}", next(6)), "cy");
+                            if next(3) == 0 {
+                                e.idempotency_key =
+                                    Some(IdempotencyKey::parse(format!("k{}", next(8))).unwrap());
+                            }
+                            e
+                        })
+                        .collect();
+                    for a in store.append(batch).await.unwrap() {
+                        ids.push(a.notification.id);
+                    }
+                }
+                // Some ids, of either user, some already read.
+                3 => {
+                    let some: Vec<uuid::Uuid> = (0..next(4))
+                        .filter_map(|_| {
+                            let len = u64::try_from(ids.len()).unwrap();
+                            (len > 0).then(|| ids[usize::try_from(next(len)).unwrap()])
+                        })
+                        .collect();
+                    store
+                        .mark_read(&user(who), &ReadSelector::Ids(some))
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    let head = store.head(&user(who)).await.unwrap().0;
+                    let selector = if next(4) == 0 {
+                        ReadSelector::All
+                    } else {
+                        ReadSelector::UpTo(Cursor(
+                            i64::try_from(next(u64::try_from(head).unwrap() + 1)).unwrap(),
+                        ))
+                    };
+                    store.mark_read(&user(who), &selector).await.unwrap();
+                }
+            }
+            for u in users {
+                let all = store
+                    .list(
+                        &user(u),
+                        ListQuery {
+                            page: Page::Newest { before: None },
+                            unread_only: false,
+                            limit: 1000,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let unread_rows = all.iter().filter(|n| !n.read).count() as u64;
+                let listed = store
+                    .list(
+                        &user(u),
+                        ListQuery {
+                            page: Page::Newest { before: None },
+                            unread_only: true,
+                            limit: 1000,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert!(listed.iter().all(|n| !n.read), "{name} step {step}");
+                assert_eq!(listed.len() as u64, unread_rows, "{name} step {step} {u}");
+                assert_eq!(
+                    store.unread_count(&user(u)).await.unwrap(),
+                    unread_rows,
+                    "{name} step {step} {u}"
+                );
+                let (count, head) = store.unread_as_of(&user(u)).await.unwrap();
+                assert_eq!(count, unread_rows, "{name} step {step} {u}");
+                assert_eq!(head, store.head(&user(u)).await.unwrap(), "{name}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn reopening_a_database_keeps_its_events() {
     let dir = tempfile::tempdir().unwrap();

@@ -67,7 +67,13 @@ impl SqliteStore {
         // threshold, holding up the group. A background task does it instead (below).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("temp_store", "memory")
+                    .pragma("cache_size", "-32768"),
+            )
             .await
             .with_context(|| format!("opening {url}"))?;
         MIGRATOR
@@ -307,6 +313,8 @@ async fn append_in(
     let mut out = Vec::with_capacity(items.len());
     let mut moved_heads: Vec<String> = Vec::new();
     let mut moved: HashSet<String> = HashSet::new();
+    // New notifications per user: each is one more unread.
+    let mut created: HashMap<String, i64> = HashMap::new();
     let mut new_keys: Vec<(String, String, Uuid)> = Vec::new();
     for item in items {
         let user_key = item.user.to_string();
@@ -356,6 +364,7 @@ async fn append_in(
                 if let Some(key) = &collapse_key {
                     open.insert((user_key.clone(), key.clone()), n.id);
                 }
+                *created.entry(user_key.clone()).or_insert(0) += 1;
                 let row = Touched {
                     user: item.user.clone(),
                     notification: n.clone(),
@@ -416,12 +425,16 @@ async fn append_in(
     }
     for chunk in moved_heads.chunks(ROWS_PER_STATEMENT) {
         let mut qb =
-            QueryBuilder::<Sqlite>::new("INSERT INTO user_cursors (user_id, last_cursor) ");
+            QueryBuilder::<Sqlite>::new("INSERT INTO user_cursors (user_id, last_cursor, unread) ");
         qb.push_values(chunk, |mut b, user| {
             b.push_bind(user.clone())
-                .push_bind(heads.get(user).copied().unwrap_or(0));
+                .push_bind(heads.get(user).copied().unwrap_or(0))
+                .push_bind(created.get(user).copied().unwrap_or(0));
         });
-        qb.push(" ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor");
+        qb.push(
+            " ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor, \
+             unread = unread + excluded.unread",
+        );
         qb.build()
             .execute(&mut **tx)
             .await
@@ -676,10 +689,15 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, user: &UserId, query: ListQuery) -> anyhow::Result<Vec<Notification>> {
-        let unread = if query.unread_only {
-            " AND read_at IS NULL"
+        // Without an index of unread rows, the walk down the user's stream stops once it has
+        // found as many as the user has unread, not at the end of their history.
+        let (unread, limit) = if query.unread_only {
+            (
+                " AND read_at IS NULL",
+                "MIN(?3, COALESCE((SELECT unread FROM user_cursors WHERE user_id = ?1), 0))",
+            )
         } else {
-            ""
+            ("", "?3")
         };
         let (bound, order, cursor) = match query.page {
             Page::Newest { before: Some(c) } => (" AND cursor < ?2", "DESC", c.0),
@@ -688,7 +706,7 @@ impl Store for SqliteStore {
         };
         let sql = format!(
             "SELECT {COLUMNS} FROM notifications WHERE user_id = ?1{bound}{unread} \
-             ORDER BY cursor {order} LIMIT ?3"
+             ORDER BY cursor {order} LIMIT {limit}"
         );
         let rows = sqlx::query(&sql)
             .bind(user.as_str())
@@ -701,65 +719,74 @@ impl Store for SqliteStore {
     }
 
     async fn unread_count(&self, user: &UserId) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM notifications WHERE user_id = ?1 AND read_at IS NULL",
-        )
-        .bind(user.as_str())
-        .fetch_one(&self.reader)
-        .await
-        .context("counting unread notifications")?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT unread FROM user_cursors WHERE user_id = ?1")
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .context("reading the unread count")?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
     }
 
     async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)> {
-        // One statement reads one snapshot, so no commit falls between the two numbers.
-        let (count, head): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM notifications WHERE user_id = ?1 AND read_at IS NULL), \
-                    (SELECT last_cursor FROM user_cursors WHERE user_id = ?1)",
-        )
-        .bind(user.as_str())
-        .fetch_one(&self.reader)
-        .await
-        .context("counting unread notifications")?;
-        Ok((u64::try_from(count).unwrap_or(0), Cursor(head.unwrap_or(0))))
+        // One row, written by the same commits: no commit falls between the two numbers.
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT unread, last_cursor FROM user_cursors WHERE user_id = ?1")
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .context("reading the unread count")?;
+        let (count, head) = row.unwrap_or((0, 0));
+        Ok((u64::try_from(count).unwrap_or(0), Cursor(head)))
     }
 
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64> {
+        if matches!(selector, ReadSelector::Ids(ids) if ids.is_empty()) {
+            return Ok(0);
+        }
         let now = to_ms(Utc::now());
         // Clearing collapse_key ends collapsing: the next like of that post is a new notification.
         let base = "UPDATE notifications SET read_at = ?1, collapse_key = NULL \
                     WHERE user_id = ?2 AND read_at IS NULL";
-        let result = match selector {
-            ReadSelector::All => {
-                sqlx::query(base)
-                    .bind(now)
-                    .bind(user.as_str())
-                    .execute(&self.writer)
-                    .await
-            }
-            ReadSelector::UpTo(c) => {
-                sqlx::query(&format!("{base} AND cursor <= ?3"))
-                    .bind(now)
-                    .bind(user.as_str())
-                    .bind(c.0)
-                    .execute(&self.writer)
-                    .await
-            }
+        let sql = match selector {
+            ReadSelector::All => base.to_owned(),
+            ReadSelector::UpTo(_) => format!("{base} AND cursor <= ?3"),
             ReadSelector::Ids(ids) => {
-                if ids.is_empty() {
-                    return Ok(0);
-                }
                 let marks: Vec<String> = (0..ids.len()).map(|i| format!("?{}", i + 3)).collect();
-                let sql = format!("{base} AND id IN ({})", marks.join(", "));
-                let mut q = sqlx::query(&sql).bind(now).bind(user.as_str());
+                format!("{base} AND id IN ({})", marks.join(", "))
+            }
+        };
+        let mut q = sqlx::query(&sql).bind(now).bind(user.as_str());
+        match selector {
+            ReadSelector::All => {}
+            ReadSelector::UpTo(c) => q = q.bind(c.0),
+            ReadSelector::Ids(ids) => {
                 for id in ids {
                     q = q.bind(id.to_string());
                 }
-                q.execute(&self.writer).await
             }
         }
-        .context("marking notifications read")?;
-        Ok(result.rows_affected())
+        // The rows and the count change in one transaction.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .context("begin marking read")?;
+        let marked = q
+            .execute(&mut *tx)
+            .await
+            .context("marking notifications read")?
+            .rows_affected();
+        if marked > 0 {
+            sqlx::query("UPDATE user_cursors SET unread = unread - ?1 WHERE user_id = ?2")
+                .bind(i64::try_from(marked)?)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await
+                .context("lowering the unread count")?;
+        }
+        tx.commit().await.context("commit marking read")?;
+        Ok(marked)
     }
 
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
@@ -834,6 +861,54 @@ mod tests {
                 "the database file holds {n} of 50 events"
             );
         }
+    }
+
+    /// A database from before the unread counter gets each user's count of unread rows.
+    #[tokio::test]
+    async fn the_unread_counter_migration_counts_what_is_unread() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for sql in [
+            include_str!("../../migrations/sqlite/0001_notifications.sql"),
+            include_str!("../../migrations/sqlite/0002_matchmaking.sql"),
+            include_str!("../../migrations/sqlite/0003_queue_tickets.sql"),
+            include_str!("../../migrations/sqlite/0004_partial_collapse_index.sql"),
+        ] {
+            sqlx::raw_sql(sql)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // ana: three rows, one read; bob: one read row; cy: none.
+        sqlx::raw_sql(
+            "INSERT INTO user_cursors VALUES ('ana', 3), ('bob', 1), ('cy', 0);
+             INSERT INTO notifications (id, user_id, cursor, kind, data, created_at, updated_at, read_at)
+             VALUES ('a1', 'ana', 1, 'post_liked', '{}', 1, 1, 5),
+                    ('a2', 'ana', 2, 'post_liked', '{}', 1, 1, NULL),
+                    ('a3', 'ana', 3, 'post_liked', '{}', 1, 1, NULL),
+                    ('b1', 'bob', 1, 'post_liked', '{}', 1, 1, 5);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::raw_sql(include_str!(
+            "../../migrations/sqlite/0005_unread_counter.sql"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT user_id, unread FROM user_cursors ORDER BY user_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            counts,
+            vec![("ana".into(), 2), ("bob".into(), 0), ("cy".into(), 0)]
+        );
     }
 
     /// Looking up open collapse keys searches the partial index, however many pairs a group has.
