@@ -1,5 +1,6 @@
 //! Event serialisation: the JSON of a notification (an SSE `data:` line, a list item), the
-//! stored `data` object, and reading a stored event back (a catch-up replays from the store).
+//! stored `data` object (as a `Value`, and as the text the store writes), and reading a stored
+//! event back (a catch-up replays from the store).
 // A benchmark is not a test target: clippy.toml's unwrap allowance does not reach it.
 #![expect(clippy::unwrap_used, reason = "fixed, valid ids and events")]
 
@@ -52,10 +53,17 @@ fn serialisation(c: &mut Criterion) {
         group.bench_function(format!("data_json/{name}"), |b| {
             b.iter(|| black_box(&event).data_json())
         });
+        group.bench_function(format!("data_json_text/{name}"), |b| {
+            b.iter(|| black_box(&event).data_json_text().unwrap())
+        });
         let kind = event.kind().as_str();
         let data = event.data_json();
         group.bench_function(format!("from_parts/{name}"), |b| {
             b.iter(|| Event::from_parts(black_box(kind), black_box(data.clone())).unwrap())
+        });
+        let text = event.data_json_text().unwrap();
+        group.bench_function(format!("from_stored/{name}"), |b| {
+            b.iter(|| Event::from_stored(black_box(kind), black_box(&text)).unwrap())
         });
     }
     group.finish();

@@ -451,9 +451,32 @@ impl Event {
         }
     }
 
+    /// The `data` object as JSON text, as stored: the event serialized once, without building a
+    /// `serde_json::Value` first.
+    pub fn data_json_text(&self) -> Result<String, serde_json::Error> {
+        let whole = serde_json::to_string(self)?;
+        // `{"kind":"<kind>","data":<data>}`: kinds are plain snake_case names.
+        let head = format!(r#"{{"kind":"{}","data":"#, self.kind().as_str());
+        Ok(
+            match whole
+                .strip_prefix(&head)
+                .and_then(|rest| rest.strip_suffix('}'))
+            {
+                Some(data) => data.to_owned(),
+                None => self.data_json().to_string(),
+            },
+        )
+    }
+
     /// Rebuilds an event from its stored kind and data.
     pub fn from_parts(kind: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "kind": kind, "data": data }))
+    }
+
+    /// [`Event::from_parts`] from the stored JSON text, parsed once into the event.
+    pub fn from_stored(kind: &str, data: &str) -> Result<Event, serde_json::Error> {
+        let kind = serde_json::to_string(kind)?;
+        serde_json::from_str(&format!(r#"{{"kind":{kind},"data":{data}}}"#))
     }
 }
 
@@ -641,8 +664,17 @@ mod tests {
             let mut want = fields.to_vec();
             want.sort_unstable();
             assert_eq!(keys, want, "{}", event.kind().as_str());
+            let text = event.data_json_text().unwrap();
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+                data,
+                "{}: stored text",
+                event.kind().as_str()
+            );
             let back = Event::from_parts(event.kind().as_str(), data).unwrap();
             assert_eq!(back, event, "{} round-trips", event.kind().as_str());
+            let back = Event::from_stored(event.kind().as_str(), &text).unwrap();
+            assert_eq!(back, event, "{} round-trips as text", event.kind().as_str());
         }
     }
 

@@ -1,6 +1,9 @@
-//! SSE frames, encoded once per event by actix-web-lab's `sse` writer and then shared: every
-//! session that receives an event gets a clone of the same bytes.
+//! SSE frames, encoded once per event and then shared: every session that receives an event gets
+//! a clone of the same bytes. Event frames are written here directly, in the layout of
+//! actix-web-lab's `sse` writer (a test holds them to it); the static frames come from that
+//! writer.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use actix_web::body::{self, MessageBody};
@@ -9,7 +12,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use serde::Serialize;
 
-use crate::domain::{Broadcast, Event, Notification, UnreadSummary};
+use crate::domain::{Broadcast, EventKind, Notification, UnreadSummary};
 
 /// Runs actix-web-lab's encoder over a finished body; it is ready at once (no I/O, no timers).
 fn collect<B: MessageBody>(body: B) -> anyhow::Result<Bytes> {
@@ -26,26 +29,34 @@ fn encode(event: sse::Event) -> anyhow::Result<Bytes> {
     ])))
 }
 
-fn data<T: Serialize>(kind: &str, payload: &T) -> anyhow::Result<sse::Data> {
-    Ok(sse::Data::new_json(payload)?.event(kind.to_owned()))
+/// `id:` when given, `event:`, and the payload as one `data:` line: compact JSON holds no line
+/// break (serde_json escapes them inside strings), so it never needs splitting.
+fn data_frame<T: Serialize>(id: Option<i64>, kind: &str, payload: &T) -> anyhow::Result<Bytes> {
+    let mut buf = Vec::with_capacity(384);
+    if let Some(id) = id {
+        writeln!(buf, "id: {id}")?;
+    }
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    serde_json::to_writer(&mut buf, payload)?;
+    buf.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(buf))
 }
 
 /// A user event: `id: <cursor>`, `event: <kind>`, `data: <notification JSON>`.
 pub fn user_event(n: &Notification) -> anyhow::Result<Bytes> {
-    encode(sse::Event::Data(
-        data(n.event.kind().as_str(), n)?.id(n.cursor.to_string()),
-    ))
+    data_frame(Some(n.cursor.0), n.event.kind().as_str(), n)
 }
 
 /// A broadcast: no `id`, so it leaves the client's resume cursor alone.
 pub fn broadcast(b: &Broadcast) -> anyhow::Result<Bytes> {
-    encode(sse::Event::Data(data(b.event.kind().as_str(), b)?))
+    data_frame(None, b.event.kind().as_str(), b)
 }
 
 /// The `unread` summary: no `id`, it is a snapshot rather than a stored event.
 pub fn unread(summary: &UnreadSummary) -> anyhow::Result<Bytes> {
-    let kind = Event::Unread(summary.clone()).kind();
-    encode(sse::Event::Data(data(kind.as_str(), summary)?))
+    data_frame(None, EventKind::Unread.as_str(), summary)
 }
 
 /// Frames that are the same for every session, encoded at startup.
@@ -73,7 +84,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::domain::{Cursor, PostId, PostLiked, UserId};
+    use crate::domain::{Cursor, Event, PostId, PostLiked, UserId};
 
     #[test]
     fn user_frames_carry_cursor_kind_and_json() {
@@ -96,6 +107,61 @@ mod tests {
         let parsed: Notification = serde_json::from_str(data).unwrap();
         assert_eq!(parsed, n);
         assert!(frame.ends_with("\n\n"));
+    }
+
+    /// The frames written here are byte for byte what actix-web-lab's writer makes of the same
+    /// event, including text with line breaks.
+    #[test]
+    fn frames_match_the_sse_writer() {
+        let reference = |id: Option<i64>, kind: &str, json: String| {
+            let mut data = sse::Data::new(json).event(kind.to_owned());
+            if let Some(id) = id {
+                data = data.id(id.to_string());
+            }
+            encode(sse::Event::Data(data)).unwrap()
+        };
+        let n = Notification {
+            id: Uuid::now_v7(),
+            cursor: Cursor(7),
+            event: Event::PostLiked(PostLiked::new(
+                PostId::parse("p1").unwrap(),
+                UserId::parse("ana").unwrap(),
+            )),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            read: false,
+        };
+        assert_eq!(
+            user_event(&n).unwrap(),
+            reference(Some(7), "post_liked", serde_json::to_string(&n).unwrap())
+        );
+        let b = Broadcast {
+            event: Event::NewPost {
+                post_id: PostId::parse("p2").unwrap(),
+                by: UserId::parse("bob").unwrap(),
+                title: "two\nlines\r\nand \u{2028} more".into(),
+            },
+            sent_at: Utc::now(),
+        };
+        let frame = broadcast(&b).unwrap();
+        assert_eq!(
+            frame,
+            reference(None, "new_post", serde_json::to_string(&b).unwrap())
+        );
+        assert_eq!(
+            frame.iter().filter(|&&c| c == b'\n').count(),
+            3,
+            "one data line"
+        );
+        let summary = UnreadSummary {
+            count: 1,
+            cursor: Some(Cursor(7)),
+            latest: Some(vec![n]),
+        };
+        assert_eq!(
+            unread(&summary).unwrap(),
+            reference(None, "unread", serde_json::to_string(&summary).unwrap())
+        );
     }
 
     #[test]

@@ -142,13 +142,12 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
 fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
     let id: String = row.try_get("id")?;
     let kind: String = row.try_get("kind")?;
-    let data: String = row.try_get("data")?;
+    let data: &str = row.try_get("data")?;
     let read_at: Option<i64> = row.try_get("read_at")?;
-    let data = serde_json::from_str(&data).context("stored event data is not JSON")?;
     Ok(Notification {
         id: Uuid::parse_str(&id).context("stored notification id")?,
         cursor: Cursor(row.try_get("cursor")?),
-        event: Event::from_parts(&kind, data)
+        event: Event::from_stored(&kind, data)
             .with_context(|| format!("stored event of kind {kind} does not parse"))?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
@@ -395,13 +394,17 @@ async fn append_in(
             "INSERT INTO notifications \
              (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) ",
         );
-        qb.push_values(chunk, |mut b, row| {
+        let texts: Vec<String> = chunk
+            .iter()
+            .map(|row| row.notification.event.data_json_text())
+            .collect::<Result<_, _>>()?;
+        qb.push_values(chunk.iter().zip(texts), |mut b, (row, data)| {
             let n = &row.notification;
             b.push_bind(n.id.to_string())
                 .push_bind(row.user.to_string())
                 .push_bind(n.cursor.0)
                 .push_bind(n.event.kind().as_str())
-                .push_bind(n.event.data_json().to_string())
+                .push_bind(data)
                 .push_bind(row.collapse_key.clone())
                 .push_bind(to_ms(n.created_at))
                 .push_bind(to_ms(n.updated_at));
@@ -416,7 +419,7 @@ async fn append_in(
             "UPDATE notifications SET cursor = ?1, data = ?2, updated_at = ?3 WHERE id = ?4",
         )
         .bind(row.notification.cursor.0)
-        .bind(row.notification.event.data_json().to_string())
+        .bind(row.notification.event.data_json_text()?)
         .bind(to_ms(now))
         .bind(row.notification.id.to_string())
         .execute(&mut **tx)
