@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::actors::{Delivery, HubSet, Target};
-use crate::domain::{Broadcast, Event, UnreadSummary, UserId};
+use crate::domain::{Broadcast, Cursor, Event, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::frame;
 use crate::store::{AppendOutcome, Appended, Applied, Change, NewEvent, Store};
@@ -65,11 +65,12 @@ impl Notifier {
         Ok(())
     }
 
-    /// Tells a user's open sessions their new unread count (after a read elsewhere).
-    pub fn unread_changed(&self, user: &UserId, count: u64) -> anyhow::Result<()> {
+    /// Tells a user's open sessions their new unread count (after a read elsewhere), with the
+    /// head cursor it was taken at: the count covers exactly the unread events up to it.
+    pub fn unread_changed(&self, user: &UserId, count: u64, cursor: Cursor) -> anyhow::Result<()> {
         let bytes = frame::unread(&UnreadSummary {
             count,
-            cursor: None,
+            cursor: Some(cursor),
             latest: None,
         })?;
         self.hubs.publish(Delivery {

@@ -245,8 +245,8 @@ impl PostLiked {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UnreadSummary {
     pub count: u64,
-    /// On connect: the user's newest cursor when `count` was taken. A stored event with a larger
-    /// cursor is not in `count`; one at or below it is, if it is unread.
+    /// The user's newest cursor when `count` was taken (on connect and after a read). A stored
+    /// event with a larger cursor is not in `count`; one at or below it is, if it is unread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<i64>, nullable = false)]
     pub cursor: Option<Cursor>,

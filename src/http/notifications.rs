@@ -173,9 +173,9 @@ pub async fn mark_read(
         }
     };
     let updated = state.store.mark_read(&user, &selector).await?;
-    let unread = state.store.unread_count(&user).await?;
+    let (unread, head) = state.store.unread_as_of(&user).await?;
     if updated > 0 {
-        state.notifier.unread_changed(&user, unread)?;
+        state.notifier.unread_changed(&user, unread, head)?;
     }
     Ok(HttpResponse::Ok().json(ReadResponse { updated, unread }))
 }

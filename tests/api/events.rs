@@ -462,7 +462,26 @@ async fn marking_read_in_one_tab_updates_the_unread_count_in_the_others() {
 
     let update = other_tab.expect().await;
     assert_eq!(update.event, "unread");
-    assert_eq!(data(&update), json!({"count": 1}));
+    // The count and the cursor it covers: both likes are at or below it, one of them unread.
+    assert_eq!(data(&update), json!({"count": 1, "cursor": 2}));
+
+    // A like after the read is above that cursor, so a client adds it to the count.
+    app.like("ana", "p3", "bob").await;
+    let like = other_tab.expect().await;
+    assert_eq!(like.id, "3");
+    let response = app
+        .client
+        .post(app.url("/v1/notifications/read"))
+        .bearer_auth(&token)
+        .json(&json!({"up_to": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        data(&other_tab.expect().await),
+        json!({"count": 1, "cursor": 3})
+    );
 }
 
 /// A burst far larger than a session's queue, sent in concurrent batches that the store commits
