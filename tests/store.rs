@@ -285,29 +285,14 @@ async fn the_unread_count_equals_the_unread_rows_after_every_write() {
                 }
             }
             for u in users {
-                let all = store
-                    .list(
-                        &user(u),
-                        ListQuery {
-                            page: Page::Newest { before: None },
-                            unread_only: false,
-                            limit: 1000,
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let newest = |unread_only| ListQuery {
+                    page: Page::Newest { before: None },
+                    unread_only,
+                    limit: 1000,
+                };
+                let all = store.list(&user(u), newest(false)).await.unwrap();
                 let unread_rows = all.iter().filter(|n| !n.read).count() as u64;
-                let listed = store
-                    .list(
-                        &user(u),
-                        ListQuery {
-                            page: Page::Newest { before: None },
-                            unread_only: true,
-                            limit: 1000,
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let listed = store.list(&user(u), newest(true)).await.unwrap();
                 assert!(listed.iter().all(|n| !n.read), "{name} step {step}");
                 assert_eq!(listed.len() as u64, unread_rows, "{name} step {step} {u}");
                 assert_eq!(

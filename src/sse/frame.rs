@@ -86,11 +86,10 @@ mod tests {
     use super::*;
     use crate::domain::{Cursor, Event, PostId, PostLiked, UserId};
 
-    #[test]
-    fn user_frames_carry_cursor_kind_and_json() {
-        let n = Notification {
-            id: Uuid::nil(),
-            cursor: Cursor(42),
+    fn like_at(cursor: i64) -> Notification {
+        Notification {
+            id: Uuid::now_v7(),
+            cursor: Cursor(cursor),
             event: Event::PostLiked(PostLiked::new(
                 PostId::parse("p1").unwrap(),
                 UserId::parse("ana").unwrap(),
@@ -98,7 +97,12 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             read: false,
-        };
+        }
+    }
+
+    #[test]
+    fn user_frames_carry_cursor_kind_and_json() {
+        let n = like_at(42);
         let frame = String::from_utf8(user_event(&n).unwrap().to_vec()).unwrap();
         let lines: Vec<&str> = frame.split('\n').collect();
         assert!(lines.contains(&"id: 42"), "{frame}");
@@ -120,17 +124,7 @@ mod tests {
             }
             encode(sse::Event::Data(data)).unwrap()
         };
-        let n = Notification {
-            id: Uuid::now_v7(),
-            cursor: Cursor(7),
-            event: Event::PostLiked(PostLiked::new(
-                PostId::parse("p1").unwrap(),
-                UserId::parse("ana").unwrap(),
-            )),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            read: false,
-        };
+        let n = like_at(7);
         assert_eq!(
             user_event(&n).unwrap(),
             reference(Some(7), "post_liked", serde_json::to_string(&n).unwrap())

@@ -866,14 +866,19 @@ mod tests {
         }
     }
 
-    /// A database from before the unread counter gets each user's count of unread rows.
-    #[tokio::test]
-    async fn the_unread_counter_migration_counts_what_is_unread() {
-        let pool = SqlitePoolOptions::new()
+    /// One connection to a fresh in-memory database, no migrations applied.
+    async fn memory_pool() -> SqlitePool {
+        SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A database from before the unread counter gets each user's count of unread rows.
+    #[tokio::test]
+    async fn the_unread_counter_migration_counts_what_is_unread() {
+        let pool = memory_pool().await;
         for sql in [
             include_str!("../../migrations/sqlite/0001_notifications.sql"),
             include_str!("../../migrations/sqlite/0002_matchmaking.sql"),
@@ -917,11 +922,7 @@ mod tests {
     /// Looking up open collapse keys searches the partial index, however many pairs a group has.
     #[tokio::test]
     async fn the_collapse_lookup_searches_its_index() {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = memory_pool().await;
         MIGRATOR.run(&pool).await.unwrap_or_else(|e| panic!("{e}"));
         for n in [1, 3] {
             let pairs: Vec<(String, String)> =

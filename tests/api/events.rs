@@ -450,15 +450,7 @@ async fn marking_read_in_one_tab_updates_the_unread_count_in_the_others() {
     let mut other_tab = app.open_stream(&token, None).await;
     assert_eq!(data(&other_tab.expect().await)["count"], 2);
 
-    let response = app
-        .client
-        .post(app.url("/v1/notifications/read"))
-        .bearer_auth(&token)
-        .json(&json!({"up_to": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    app.mark_read(&token, json!({"up_to": 1})).await;
 
     let update = other_tab.expect().await;
     assert_eq!(update.event, "unread");
@@ -469,15 +461,7 @@ async fn marking_read_in_one_tab_updates_the_unread_count_in_the_others() {
     app.like("ana", "p3", "bob").await;
     let like = other_tab.expect().await;
     assert_eq!(like.id, "3");
-    let response = app
-        .client
-        .post(app.url("/v1/notifications/read"))
-        .bearer_auth(&token)
-        .json(&json!({"up_to": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    app.mark_read(&token, json!({"up_to": 2})).await;
     assert_eq!(
         data(&other_tab.expect().await),
         json!({"count": 1, "cursor": 3})

@@ -142,6 +142,20 @@ impl TestApp {
         response.json().await.expect("list json")
     }
 
+    /// `POST /v1/notifications/read`, expecting 200; the answer's JSON.
+    pub async fn mark_read(&self, token: &str, body: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url("/v1/notifications/read"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("mark read");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("mark read json")
+    }
+
     pub async fn metric(&self, name: &str) -> i64 {
         let text = self
             .client

@@ -1,22 +1,8 @@
 //! The user's notification list and read state.
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
-
-async fn read(app: &TestApp, token: &str, body: Value) -> Value {
-    let response = app
-        .client
-        .post(app.url("/v1/notifications/read"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
+use crate::helpers::spawn_app;
 
 fn cursors(list: &Value) -> Vec<i64> {
     list["notifications"]
@@ -60,20 +46,21 @@ async fn notifications_are_marked_read_by_id_up_to_a_cursor_or_all() {
     }
 
     assert_eq!(
-        read(&app, &token, json!({"ids": [ids[5], ids[4]]})).await,
+        app.mark_read(&token, json!({"ids": [ids[5], ids[4]]}))
+            .await,
         json!({"updated": 2, "unread": 4})
     );
     assert_eq!(
-        read(&app, &token, json!({"up_to": 2})).await,
+        app.mark_read(&token, json!({"up_to": 2})).await,
         json!({"updated": 2, "unread": 2})
     );
     assert_eq!(cursors(&app.list(&token, "?unread=true").await), [4, 3]);
     assert_eq!(
-        read(&app, &token, json!({"all": true})).await,
+        app.mark_read(&token, json!({"all": true})).await,
         json!({"updated": 2, "unread": 0})
     );
     assert_eq!(
-        read(&app, &token, json!({"all": true})).await,
+        app.mark_read(&token, json!({"all": true})).await,
         json!({"updated": 0, "unread": 0})
     );
     let all = app.list(&token, "").await;
@@ -95,9 +82,12 @@ async fn a_user_never_sees_or_changes_another_users_notifications() {
 
     assert_eq!(app.list(&bob, "").await["notifications"], json!([]));
     assert_eq!(
-        read(&app, &bob, json!({"ids": [anas["id"]]})).await["updated"],
+        app.mark_read(&bob, json!({"ids": [anas["id"]]})).await["updated"],
         0
     );
-    assert_eq!(read(&app, &bob, json!({"all": true})).await["updated"], 0);
+    assert_eq!(
+        app.mark_read(&bob, json!({"all": true})).await["updated"],
+        0
+    );
     assert_eq!(app.list(&ana, "?unread=true").await["unread"], 1);
 }
