@@ -27,14 +27,17 @@ mkdir -p "$OUT" "$WORK/bin"
 
 SERVER_PID=""
 cleanup() {
-    stop_server
+    # The trap can fire before stop_server is defined (a failed build).
+    if declare -F stop_server >/dev/null; then
+        stop_server
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 # Binaries: given, or built now and copied, so a build elsewhere cannot swap them mid-run.
 if [[ -z "${BELAY_BIN:-}" || -z "${LOAD_BIN:-}" ]]; then
-    (cd "$ROOT" && cargo build --release --bin belay --bin belay-load)
+    (cd "$ROOT" && cargo build --release -p belay -p belay-load --bins)
     TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
     cp "$TARGET/release/belay" "$TARGET/release/belay-load" "$WORK/bin/"
     BELAY_BIN=${BELAY_BIN:-$WORK/bin/belay}
