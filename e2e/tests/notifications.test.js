@@ -52,3 +52,39 @@ test('a like shows as a toast and the second like collapses into it', async () =
   assert.deepEqual(gus.problems, []);
   await gus.context.close();
 });
+
+// An `unread` update after a read travels beside the events, so either can arrive first. The
+// frames are handed to the page's own handlers in each order, as its EventSource would.
+test('the badge is right whichever comes first: a read elsewhere or a new like', async () => {
+  const jo = await climber(browser, server, 'jo');
+  await hostNotify(server, { user_id: 'jo', kind: 'post_liked', data: { post_id: 'p1', by: 'kim' } });
+  await jo.page.locator('#badge[data-count="1"]').waitFor();
+  const head = await jo.page.evaluate(() => state.items[0].cursor);
+
+  const badge = await jo.page.evaluate((head) => {
+    const like = (cursor, post) => {
+      const n = structuredClone(state.items[0]);
+      n.id = `00000000-0000-7000-8000-00000000000${cursor}`;
+      n.cursor = cursor;
+      n.data = { ...n.data, post_id: post };
+      return n;
+    };
+    const seen = [];
+    // A like committed after the read reaches the page first: the read's count (one unread, the
+    // first like) does not hold it.
+    onNotification(like(head + 2, 'p3'), 'post_liked');
+    seen.push(state.unread);
+    onUnread({ count: 1, cursor: head + 1 });
+    seen.push(state.unread);
+    // A read whose count already holds a like that reaches the page after it.
+    onUnread({ count: 3, cursor: head + 3 });
+    seen.push(state.unread);
+    onNotification(like(head + 3, 'p4'), 'post_liked');
+    seen.push(state.unread);
+    return seen;
+  }, head);
+  assert.deepEqual(badge, [2, 2, 3, 3]);
+  assert.equal(await jo.page.getByTestId('badge').textContent(), '3');
+  assert.deepEqual(jo.problems, []);
+  await jo.context.close();
+});
