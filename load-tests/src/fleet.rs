@@ -13,9 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::adapter::ServerSpec;
 use crate::common::ErrorCount;
 use crate::procfs;
-use crate::worker::{Stats, WorkerMsg, WorkerReport, WorkerSpec};
+use crate::worker::{ClimbSpec, Stats, WorkerMsg, WorkerReport, WorkerSpec};
 
 /// Most sessions one worker may hold: the 20,000 open-files limit, less room for the HTTP pool,
 /// stdio and the runtime.
@@ -33,22 +34,48 @@ pub fn source_address(index: usize) -> Result<IpAddr> {
     Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
-/// One spec per client process: `template` with its own index, source address and share of
+/// What every client process of a run shares; [`specs`] gives each its own index, source
+/// address and share of the sessions.
+pub struct Shared {
+    pub server: ServerSpec,
+    pub run: String,
+    pub open_concurrency: u32,
+    pub open_timeout_s: u64,
+    pub seqs: u64,
+    pub climb: Option<ClimbSpec>,
+}
+
+/// One spec per client process: `shared` with its own index, source address and share of
 /// `sessions` (at most `per_worker` each).
-pub fn specs(template: &WorkerSpec, sessions: u32, per_worker: u32) -> Result<Vec<WorkerSpec>> {
+pub fn specs(shared: &Shared, sessions: u32, per_worker: u32) -> Result<Vec<WorkerSpec>> {
     shares(sessions, per_worker)
         .into_iter()
         .enumerate()
         .map(|(index, (first_user, count))| {
             Ok(WorkerSpec {
                 index,
+                server: shared.server.clone(),
                 source: source_address(index)?,
+                run: shared.run.clone(),
                 first_user,
                 sessions: count,
-                ..template.clone()
+                open_concurrency: shared.open_concurrency,
+                open_timeout_s: shared.open_timeout_s,
+                seqs: shared.seqs,
+                climb: shared.climb.clone(),
             })
         })
         .collect()
+}
+
+/// The server processes to read CPU and memory from: those given, or else the ones listening
+/// on `port`.
+pub fn server_pids(given: &[u32], port: u16) -> Result<Vec<u32>> {
+    if given.is_empty() {
+        procfs::listeners(port)
+    } else {
+        Ok(given.to_vec())
+    }
 }
 
 /// The workers' error lists merged, most frequent first.

@@ -17,7 +17,7 @@ use crate::common::{self, ErrorCount, LatencySummary, Target, row};
 use crate::fleet::{self, Fleet};
 use crate::output;
 use crate::procfs;
-use crate::worker::{ClimbSpec, Climber, WorkerSpec};
+use crate::worker::{ClimbSpec, Climber};
 
 /// How often progress is polled from the workers.
 const POLL: Duration = Duration::from_millis(100);
@@ -119,11 +119,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         "unused",
     )
     .await?;
-    let server_pids = if args.server_pids.is_empty() {
-        procfs::listeners(spec.dest.port())?
-    } else {
-        args.server_pids.clone()
-    };
+    let server_pids = fleet::server_pids(&args.server_pids, spec.dest.port())?;
     let run = common::run_tag();
     let climb = ClimbSpec {
         discipline: args.discipline.clone(),
@@ -131,19 +127,15 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         concurrency: args.concurrency,
         ready: !args.no_ready,
     };
-    let template = WorkerSpec {
-        index: 0,
+    let shared = fleet::Shared {
         server: spec.clone(),
-        source: fleet::source_address(0)?,
         run: run.clone(),
-        first_user: 0,
-        sessions: 0,
         open_concurrency: args.open_concurrency,
         open_timeout_s: args.open_timeout,
         seqs: 0,
         climb: Some(climb.clone()),
     };
-    let specs = fleet::specs(&template, args.climbers, args.per_worker)?;
+    let specs = fleet::specs(&shared, args.climbers, args.per_worker)?;
     eprintln!(
         "run {run}: {} climbers over {} client processes, queue {}/{}",
         args.climbers,

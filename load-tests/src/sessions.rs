@@ -18,7 +18,7 @@ use crate::common::{self, ErrorCount, ErrorTally, LatencySummary, Target, row};
 use crate::fleet::{self, Fleet};
 use crate::output::{self, Series};
 use crate::procfs::{self, Memory};
-use crate::worker::{Stats, WorkerReport, WorkerSpec};
+use crate::worker::{Stats, WorkerReport};
 
 /// How often delivery progress is polled from the workers.
 const POLL: Duration = Duration::from_millis(100);
@@ -112,26 +112,18 @@ async fn open_all(args: &SessionArgs, seqs: u64) -> Result<Opened> {
         &args.channel,
     )
     .await?;
-    let server_pids = if args.server_pids.is_empty() {
-        procfs::listeners(spec.dest.port())?
-    } else {
-        args.server_pids.clone()
-    };
+    let server_pids = fleet::server_pids(&args.server_pids, spec.dest.port())?;
     let memory_idle = procfs::memory(&server_pids);
     let run = common::run_tag();
-    let template = WorkerSpec {
-        index: 0,
+    let shared = fleet::Shared {
         server: spec.clone(),
-        source: fleet::source_address(0)?,
         run: run.clone(),
-        first_user: 0,
-        sessions: 0,
         open_concurrency: args.open_concurrency,
         open_timeout_s: args.open_timeout,
         seqs,
         climb: None,
     };
-    let specs = fleet::specs(&template, args.sessions, args.per_worker)?;
+    let specs = fleet::specs(&shared, args.sessions, args.per_worker)?;
     eprintln!(
         "run {run}: {} sessions to {:?} at {} over {} client processes; server pids {:?}",
         args.sessions,
