@@ -135,7 +135,7 @@ impl Registry {
 
     fn heartbeat(&self, frame: &Bytes) {
         for entry in self.by_user.values().flatten() {
-            entry.outbox.borrow_mut().offer_heartbeat(frame);
+            entry.outbox.borrow_mut().heartbeat_tick(frame);
         }
     }
 
@@ -205,8 +205,9 @@ impl Actor for Hub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // One tick per worker serves every session: no timer per connection.
-        ctx.run_interval(self.heartbeat_every, |hub, _| {
+        // One tick per worker serves every session: no timer per connection. Two ticks per
+        // interval, so a stream quiet since the previous tick gets its comment in time.
+        ctx.run_interval(self.heartbeat_every / 2, |hub, _| {
             hub.registry.borrow().heartbeat(&hub.heartbeat);
         });
     }

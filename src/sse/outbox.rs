@@ -68,6 +68,8 @@ pub struct Outbox {
     /// Cursor of the last user event queued (or known to the client).
     last: Cursor,
     state: State,
+    /// Something was queued since the last heartbeat tick.
+    active: bool,
     /// The response body, waiting for a frame.
     reader: Option<Waker>,
     /// A catch-up, waiting for room.
@@ -88,6 +90,7 @@ impl Outbox {
             catching_up: true,
             last: Cursor::ZERO,
             state: State::Open,
+            active: true,
             reader: None,
             writer: None,
         }
@@ -119,6 +122,7 @@ impl Outbox {
             return Offer::Full;
         }
         self.frames.push_back(frame);
+        self.active = true;
         if let Some(w) = self.reader.take() {
             w.wake();
         }
@@ -178,11 +182,15 @@ impl Outbox {
         self.enqueue(frame)
     }
 
-    /// A heartbeat: dropped when the queue already has something to write.
-    pub fn offer_heartbeat(&mut self, frame: &Bytes) {
-        if !self.is_closed() && self.frames.is_empty() {
-            self.enqueue(frame.clone());
+    /// A heartbeat tick, two per heartbeat interval. The comment is queued only on a stream
+    /// that has had nothing queued since the previous tick and has nothing waiting: a quiet
+    /// stream gets one every interval and is never silent for longer, and a stream that
+    /// carries events gets none.
+    pub fn heartbeat_tick(&mut self, frame: &Bytes) {
+        if std::mem::take(&mut self.active) || self.is_closed() || !self.frames.is_empty() {
+            return;
         }
+        self.enqueue(frame.clone());
     }
 
     /// During a catch-up: a frame the session writes ahead of everything held (the unread
@@ -469,13 +477,54 @@ mod tests {
         assert_eq!(drain(&mut o), ["101"]);
     }
 
+    /// Ticks until the next heartbeat, draining after each tick.
+    fn ticks_to_heartbeat(o: &mut Outbox, hb: &Bytes, limit: usize) -> Option<usize> {
+        (1..=limit).find(|_| {
+            o.heartbeat_tick(hb);
+            !drain(o).is_empty()
+        })
+    }
+
     #[test]
-    fn heartbeats_only_fill_an_idle_queue() {
+    fn a_quiet_stream_gets_a_heartbeat_every_other_tick() {
         let mut o = live(4, 0);
         let hb = frame(": hb");
-        o.offer_heartbeat(&hb);
-        o.offer_heartbeat(&hb);
-        assert_eq!(o.queued(), 1);
+        // The stream just queued its retry hint: the first tick only notes it.
+        assert_eq!(ticks_to_heartbeat(&mut o, &hb, 4), Some(2));
+        for _ in 0..3 {
+            assert_eq!(ticks_to_heartbeat(&mut o, &hb, 4), Some(2));
+        }
+    }
+
+    #[test]
+    fn a_stream_that_carries_events_gets_no_heartbeat() {
+        let mut o = live(4, 0);
+        let hb = frame(": hb");
+        for i in 0..10 {
+            assert_eq!(o.offer(frame(&format!("b{i}"))), Offer::Queued);
+            assert_eq!(drain(&mut o), vec![format!("b{i}")]);
+            o.heartbeat_tick(&hb);
+            assert!(drain(&mut o).is_empty(), "tick {i} sent a heartbeat");
+        }
+        // Quiet from here: the last frame came before the previous tick, so this one sends.
+        assert_eq!(ticks_to_heartbeat(&mut o, &hb, 4), Some(1));
+    }
+
+    #[test]
+    fn a_heartbeat_never_queues_behind_waiting_frames() {
+        let mut o = live(4, 0);
+        let hb = frame(": hb");
+        o.offer(frame("b"));
+        for _ in 0..4 {
+            o.heartbeat_tick(&hb);
+        }
+        assert_eq!(drain(&mut o), vec!["b"]);
+        let mut closed = live(4, 0);
+        closed.close();
+        for _ in 0..4 {
+            closed.heartbeat_tick(&hb);
+        }
+        assert_eq!(closed.queued(), 0);
     }
 
     #[test]
