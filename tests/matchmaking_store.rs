@@ -372,6 +372,47 @@ async fn a_seen_climber_is_known_and_an_unseen_one_is_not() {
     }
 }
 
+#[tokio::test]
+async fn many_rating_lookups_at_once_each_get_their_own_climber_and_discipline() {
+    for (name, backend) in backends().await {
+        let store = &*backend.store;
+        // c0..c19 have boulder ratings, c10..c29 lead ratings, c30..c39 none.
+        let mut expected = std::collections::HashMap::new();
+        for (discipline, first) in [(Discipline::Boulder, 0), (Discipline::Lead, 10)] {
+            for pair in (first..first + 20).step_by(2) {
+                let (a, b) = (format!("c{pair}"), format!("c{}", pair + 1));
+                let (settlement, _) = settle(store, settled(&a, &b, &b, discipline)).await;
+                for (who, _, after) in settlement.ratings {
+                    expected.insert((who.to_string(), discipline), after);
+                }
+            }
+        }
+        let mut lookups = Vec::new();
+        for round in 0..3 {
+            for n in 0..40 {
+                // Interleaved, so one batch holds climbers with, without and with other ratings.
+                let who = format!("c{}", (n * 7 + round) % 40);
+                for discipline in [Discipline::Boulder, Discipline::Lead, Discipline::Speed] {
+                    lookups.push((user(&who), discipline));
+                }
+            }
+        }
+        let answers = futures_util::future::join_all(
+            lookups
+                .iter()
+                .map(|(who, discipline)| store.rating(who, *discipline)),
+        )
+        .await;
+        for ((who, discipline), answer) in lookups.iter().zip(answers) {
+            assert_eq!(
+                answer.unwrap(),
+                expected.get(&(who.to_string(), *discipline)).copied(),
+                "{name}: {who} {discipline:?}"
+            );
+        }
+    }
+}
+
 // ---- settling and ranks ----
 
 #[tokio::test]

@@ -38,9 +38,14 @@ const MAX_GROUP_EVENTS: usize = 1000;
 const ROWS_PER_STATEMENT: usize = 500;
 /// Appends waiting for the writer before callers wait to enqueue.
 const WRITE_QUEUE: usize = 1024;
+/// Rating lookups waiting for the rating reader before callers wait to enqueue.
+const RATING_QUEUE: usize = 1024;
+/// Climbers whose ratings one statement reads at most.
+const MAX_RATING_BATCH: usize = 256;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteJob>,
+    ratings: mpsc::Sender<RatingLookup>,
     writer: SqlitePool,
     reader: SqlitePool,
 }
@@ -92,6 +97,8 @@ impl SqliteStore {
         };
         let (writes, jobs) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(writer.clone(), jobs));
+        let (ratings, lookups) = mpsc::channel(RATING_QUEUE);
+        tokio::spawn(rating_loop(reader.clone(), lookups));
         if !in_memory {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
@@ -102,9 +109,46 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             writes,
+            ratings,
             writer,
             reader,
         })
+    }
+}
+
+/// One climber's rating in one discipline, asked of the rating reader.
+struct RatingLookup {
+    user: UserId,
+    discipline: Discipline,
+    reply: oneshot::Sender<Result<Option<Rating>, String>>,
+}
+
+/// Answers rating lookups in batches: whatever is waiting when a read starts goes into the next
+/// one, a single statement on a single reader connection. Every queue join reads the climber's
+/// rating; under a crowd of joins one round trip to a reader per climber cost more than the
+/// rest of the join.
+async fn rating_loop(reader: SqlitePool, mut lookups: mpsc::Receiver<RatingLookup>) {
+    let mut batch = Vec::with_capacity(MAX_RATING_BATCH);
+    while lookups.recv_many(&mut batch, MAX_RATING_BATCH).await > 0 {
+        let users: HashSet<&str> = batch.iter().map(|l| l.user.as_str()).collect();
+        let users: Vec<&str> = users.into_iter().collect();
+        let rows = sqlite_play::ratings_of(&reader, &users)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        let found = rows.as_ref().map(|rows| {
+            rows.iter()
+                .map(|(user, discipline, rating)| ((user.as_str(), discipline.as_str()), *rating))
+                .collect::<HashMap<_, _>>()
+        });
+        for lookup in batch.drain(..) {
+            let answer = match &found {
+                Ok(ratings) => Ok(ratings
+                    .get(&(lookup.user.as_str(), lookup.discipline.as_str()))
+                    .copied()),
+                Err(error) => Err(String::clone(error)),
+            };
+            let _ = lookup.reply.send(answer);
+        }
     }
 }
 
@@ -650,7 +694,19 @@ impl Store for SqliteStore {
         user: &UserId,
         discipline: Discipline,
     ) -> anyhow::Result<Option<Rating>> {
-        sqlite_play::rating(&self.reader, user, discipline).await
+        let (reply, answer) = oneshot::channel();
+        self.ratings
+            .send(RatingLookup {
+                user: user.clone(),
+                discipline,
+                reply,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the rating reader has stopped"))?;
+        answer
+            .await
+            .context("the rating reader dropped the lookup")?
+            .map_err(anyhow::Error::msg)
     }
 
     async fn leaderboard(

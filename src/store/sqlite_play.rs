@@ -564,12 +564,37 @@ pub(super) async fn user_known(pool: &SqlitePool, user: &UserId) -> anyhow::Resu
     Ok(found.is_some())
 }
 
-pub(super) async fn rating(
+/// Every rating of the given climbers, in one statement: `(user, discipline, rating)`.
+pub(super) async fn ratings_of(
     pool: &SqlitePool,
-    user: &UserId,
-    discipline: Discipline,
-) -> anyhow::Result<Option<Rating>> {
-    read_rating(pool, user, discipline).await
+    users: &[&str],
+) -> anyhow::Result<Vec<(String, String, Rating)>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT user_id, discipline, rating, deviation, volatility, matches FROM ratings \
+         WHERE user_id IN (",
+    );
+    let mut list = qb.separated(", ");
+    for user in users {
+        list.push_bind(*user);
+    }
+    list.push_unseparated(")");
+    let rows = qb
+        .build()
+        .fetch_all(pool)
+        .await
+        .context("reading ratings")?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("user_id")?,
+                row.try_get("discipline")?,
+                rating_from_row(row)?,
+            ))
+        })
+        .collect()
 }
 
 /// One page of the leaderboard. The first row's rank is counted; the others follow from it
