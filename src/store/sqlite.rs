@@ -70,8 +70,15 @@ impl SqliteStore {
         }
         // The writer never checkpoints: SQLite would do it inside the commit that crosses the
         // threshold, holding up the group. A background task does it instead (below).
+        // One connection, for the life of the store: never retired (an in-memory database
+        // would go with it) and never pinged before use (a ping is one more round trip to
+        // SQLite's thread per group, and a local file cannot drop the connection).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
@@ -91,6 +98,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
+                .test_before_acquire(false)
                 .connect_with(options.clone().read_only(true))
                 .await
                 .with_context(|| format!("opening readers for {url}"))?
@@ -102,6 +110,7 @@ impl SqliteStore {
         if !in_memory {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .connect_with(options.clone())
                 .await
                 .with_context(|| format!("opening the checkpoint connection for {url}"))?;
@@ -869,6 +878,27 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool never closes the writer's one connection (an in-memory database lives in it and
+    /// would be lost), and no pool pings a connection before lending it (one more round trip to
+    /// SQLite's thread per group or read).
+    #[tokio::test]
+    async fn the_writer_connection_is_never_retired_or_pinged() {
+        for url in ["sqlite::memory:", "sqlite://{dir}/belay.db"] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let url = url.replace("{dir}", &dir.path().display().to_string());
+            let store = SqliteStore::connect(&url, 2)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let writer = store.writer.options();
+            assert_eq!(writer.get_max_connections(), 1, "{url}");
+            assert_eq!(writer.get_min_connections(), 1, "{url}");
+            assert_eq!(writer.get_max_lifetime(), None, "{url}");
+            assert_eq!(writer.get_idle_timeout(), None, "{url}");
+            assert!(!writer.get_test_before_acquire(), "{url}");
+            assert!(!store.reader.options().get_test_before_acquire(), "{url}");
+        }
+    }
 
     /// Committed events reach the database file itself, not only the WAL, without the writer
     /// checkpointing: the background checkpoint copies them over.
