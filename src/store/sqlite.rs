@@ -125,6 +125,53 @@ impl SqliteStore {
     }
 }
 
+/// Write statements sent to SQLite's thread together: sqlx runs every statement of one query
+/// text in a single round trip, each binding its own `?` parameters in order. A group's writes
+/// (matchmaking rows, notifications, heads, keys) then cost one trip instead of one each.
+pub(super) struct Statements<'a> {
+    query: QueryBuilder<'a, Sqlite>,
+    count: usize,
+}
+
+impl<'a> Statements<'a> {
+    pub(super) fn new() -> Self {
+        Statements {
+            query: QueryBuilder::new(""),
+            count: 0,
+        }
+    }
+
+    /// Starts the next statement with `sql`; the caller appends the rest of it.
+    pub(super) fn start(&mut self, sql: &str) -> &mut QueryBuilder<'a, Sqlite> {
+        if self.count > 0 {
+            self.query.push(";\n");
+        }
+        self.count += 1;
+        self.query.push(sql);
+        &mut self.query
+    }
+
+    /// Runs them all, in order; nothing to run is no round trip.
+    pub(super) async fn run(
+        mut self,
+        tx: &mut Transaction<'_, Sqlite>,
+        what: &'static str,
+    ) -> anyhow::Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        // Not kept in sqlx's statement cache: the text changes with every group's row counts,
+        // and would only push out the statements that do repeat.
+        self.query
+            .build()
+            .persistent(false)
+            .execute(&mut **tx)
+            .await
+            .context(what)?;
+        Ok(())
+    }
+}
+
 /// One climber's rating in one discipline, asked of the rating reader.
 struct RatingLookup {
     user: UserId,
@@ -262,6 +309,7 @@ async fn append_in(
     tx: &mut Transaction<'_, Sqlite>,
     items: &[&NewEvent],
     now: DateTime<Utc>,
+    writes: &mut Statements<'_>,
 ) -> anyhow::Result<Vec<Appended>> {
     let tx = &mut *tx;
 
@@ -439,77 +487,64 @@ async fn append_in(
         });
     }
 
-    // Writes: new rows, moved rows, heads, keys.
+    // Writes (new rows, moved rows, heads, keys), run by the caller with the group's others.
     let changed: Vec<&Touched> = rows.values().filter(|r| r.changed).collect();
     let new_rows: Vec<&&Touched> = changed.iter().filter(|r| r.is_new).collect();
     for chunk in new_rows.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO notifications \
-             (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) ",
-        );
         let texts: Vec<String> = chunk
             .iter()
             .map(|row| row.notification.event.data_json_text())
             .collect::<Result<_, _>>()?;
-        qb.push_values(chunk.iter().zip(texts), |mut b, (row, data)| {
-            let n = &row.notification;
-            b.push_bind(n.id.to_string())
-                .push_bind(row.user.to_string())
-                .push_bind(n.cursor.0)
-                .push_bind(n.event.kind().as_str())
-                .push_bind(data)
-                .push_bind(row.collapse_key.clone())
-                .push_bind(to_ms(n.created_at))
-                .push_bind(to_ms(n.updated_at));
-        });
-        qb.build()
-            .execute(&mut **tx)
-            .await
-            .context("inserting notifications")?;
+        writes
+            .start(
+                "INSERT INTO notifications \
+                 (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) ",
+            )
+            .push_values(chunk.iter().zip(texts), |mut b, (row, data)| {
+                let n = &row.notification;
+                b.push_bind(n.id.to_string())
+                    .push_bind(row.user.to_string())
+                    .push_bind(n.cursor.0)
+                    .push_bind(n.event.kind().as_str())
+                    .push_bind(data)
+                    .push_bind(row.collapse_key.clone())
+                    .push_bind(to_ms(n.created_at))
+                    .push_bind(to_ms(n.updated_at));
+            });
     }
     for row in changed.iter().filter(|r| !r.is_new) {
-        sqlx::query(
-            "UPDATE notifications SET cursor = ?1, data = ?2, updated_at = ?3 WHERE id = ?4",
-        )
-        .bind(row.notification.cursor.0)
-        .bind(row.notification.event.data_json_text()?)
-        .bind(to_ms(now))
-        .bind(row.notification.id.to_string())
-        .execute(&mut **tx)
-        .await
-        .context("collapsing into an unread notification")?;
+        writes
+            .start("UPDATE notifications SET cursor = ")
+            .push_bind(row.notification.cursor.0)
+            .push(", data = ")
+            .push_bind(row.notification.event.data_json_text()?)
+            .push(", updated_at = ")
+            .push_bind(to_ms(now))
+            .push(" WHERE id = ")
+            .push_bind(row.notification.id.to_string());
     }
     for chunk in moved_heads.chunks(ROWS_PER_STATEMENT) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("INSERT INTO user_cursors (user_id, last_cursor, unread) ");
-        qb.push_values(chunk, |mut b, user| {
-            b.push_bind(user.clone())
-                .push_bind(heads.get(user).copied().unwrap_or(0))
-                .push_bind(created.get(user).copied().unwrap_or(0));
-        });
-        qb.push(
-            " ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor, \
-             unread = unread + excluded.unread",
-        );
-        qb.build()
-            .execute(&mut **tx)
-            .await
-            .context("moving the users' cursors")?;
+        writes
+            .start("INSERT INTO user_cursors (user_id, last_cursor, unread) ")
+            .push_values(chunk, |mut b, user| {
+                b.push_bind(user.clone())
+                    .push_bind(heads.get(user).copied().unwrap_or(0))
+                    .push_bind(created.get(user).copied().unwrap_or(0));
+            })
+            .push(
+                " ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor, \
+                 unread = unread + excluded.unread",
+            );
     }
     for chunk in new_keys.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency_keys (user_id, key, notification_id, created_at) ",
-        );
-        qb.push_values(chunk, |mut b, (user, key, id)| {
-            b.push_bind(user.clone())
-                .push_bind(key.clone())
-                .push_bind(id.to_string())
-                .push_bind(to_ms(now));
-        });
-        qb.build()
-            .execute(&mut **tx)
-            .await
-            .context("recording idempotency keys")?;
+        writes
+            .start("INSERT INTO idempotency_keys (user_id, key, notification_id, created_at) ")
+            .push_values(chunk, |mut b, (user, key, id)| {
+                b.push_bind(user.clone())
+                    .push_bind(key.clone())
+                    .push_bind(id.to_string())
+                    .push_bind(to_ms(now));
+            });
     }
     Ok(out)
 }
@@ -538,7 +573,10 @@ async fn write_group(pool: &SqlitePool, jobs: &[Work<'_>]) -> anyhow::Result<Vec
         outcomes.push(done);
         produced.push(events);
     }
-    folded.flush(&mut tx, now).await?;
+    // Every write after the look-ups goes to SQLite in one round trip: the folded matchmaking
+    // rows and the events' rows, which touch different tables.
+    let mut writes = Statements::new();
+    folded.write_into(&mut writes, now)?;
     let items: Vec<&NewEvent> = jobs
         .iter()
         .zip(&produced)
@@ -547,8 +585,9 @@ async fn write_group(pool: &SqlitePool, jobs: &[Work<'_>]) -> anyhow::Result<Vec
     let appended = if items.is_empty() {
         Vec::new()
     } else {
-        append_in(&mut tx, &items, now).await?
+        append_in(&mut tx, &items, now, &mut writes).await?
     };
+    writes.run(&mut tx, "writing the group").await?;
     tx.commit().await.context("commit write")?;
     let mut appended = appended.into_iter();
     Ok(outcomes
@@ -878,6 +917,54 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group's writes go to SQLite in one round trip; a statement that fails late in it
+    /// (here the events' rows, after the climbers' rows) leaves nothing of the group behind.
+    #[tokio::test]
+    async fn a_write_failing_late_in_the_group_keeps_nothing_of_it() {
+        use crate::domain::{Event, PostId, PostLiked};
+        use crate::store::{Change, NewEvent, Store};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/belay.db", dir.path().display());
+        let store = SqliteStore::connect(&url, 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let user = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let like = |to: &str, post: &str| NewEvent {
+            user: user(to),
+            event: Event::PostLiked(PostLiked::new(
+                PostId::parse(post).unwrap_or_else(|e| panic!("{e}")),
+                user("carl"),
+            )),
+            idempotency_key: None,
+        };
+        sqlx::query(
+            "CREATE TRIGGER refuse_bob BEFORE INSERT ON notifications \
+             WHEN NEW.user_id = 'bob' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+        let works = vec![(
+            vec![Change::SeeUser(user("ana"))],
+            vec![like("ana", "p1"), like("bob", "p1")],
+        )];
+        let failed = store.apply_many(works, Box::new(|_| {})).await;
+        assert!(failed.is_err(), "the trigger refuses Bob's row");
+        assert!(!store.user_known(&user("ana")).await.unwrap_or(true));
+        assert_eq!(store.head(&user("ana")).await.ok(), Some(Cursor::ZERO));
+        assert_eq!(store.unread_count(&user("ana")).await.ok(), Some(0));
+
+        // Without Bob's row, the same group goes through whole.
+        let works = vec![(vec![Change::SeeUser(user("ana"))], vec![like("ana", "p1")])];
+        let applied = store
+            .apply_many(works, Box::new(|_| {}))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(applied[0].appended[0].notification.cursor, Cursor(1));
+        assert!(store.user_known(&user("ana")).await.unwrap_or(false));
+    }
 
     /// The pool never closes the writer's one connection (an in-memory database lives in it and
     /// would be lost), and no pool pings a connection before lending it (one more round trip to

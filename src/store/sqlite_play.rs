@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::sqlite::Statements;
 use super::{Change, ChangeOutcome, NewEvent, Settlement};
 use crate::domain::event::Performance;
 use crate::domain::{
@@ -26,9 +27,10 @@ const ROWS_PER_STATEMENT: usize = 400;
 
 /// Changes that only write rows by key, read nothing and cause no events (climbers, matches,
 /// challenges, queue tickets), held back and folded to their net effect: the last write of each
-/// key wins. [`Folded::flush`] writes them with a few multi-row statements, before any change that
-/// reads (a settlement, an ascent) and at the end of the transaction. A group of a few hundred
-/// matchmaking steps then costs a handful of statements instead of one per change.
+/// key wins. They are written with a few multi-row statements in one round trip: by
+/// [`Folded::flush`] before any change that reads (a settlement, an ascent), and at the end of
+/// the transaction with the group's other writes ([`Folded::write_into`]). A group of a few
+/// hundred matchmaking steps then costs one trip instead of one statement per change.
 #[derive(Default)]
 pub(super) struct Folded<'a> {
     climbers: HashSet<&'a str>,
@@ -39,23 +41,31 @@ pub(super) struct Folded<'a> {
 }
 
 impl<'a> Folded<'a> {
-    /// Writes what is held, then forgets it.
+    /// Writes what is held now, in one round trip, then forgets it.
     pub(super) async fn flush(
         &mut self,
         tx: &mut Transaction<'_, Sqlite>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        let mut writes = Statements::new();
+        self.write_into(&mut writes, now)?;
+        writes.run(tx, "saving matchmaking rows").await
+    }
+
+    /// Adds the statements that write what is held to `writes`, then forgets it.
+    pub(super) fn write_into(
+        &mut self,
+        writes: &mut Statements<'a>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let climbers: Vec<&str> = self.climbers.drain().collect();
         for chunk in climbers.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO climbers (user_id, first_seen) ");
-            qb.push_values(chunk, |mut b, user| {
-                b.push_bind(*user).push_bind(to_ms(now));
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .context("recording climbers")?;
+            writes
+                .start("INSERT INTO climbers (user_id, first_seen) ")
+                .push_values(chunk, |mut b, user| {
+                    b.push_bind(*user).push_bind(to_ms(now));
+                })
+                .push(" ON CONFLICT DO NOTHING");
         }
 
         let challenges: Vec<(&Challenge, String)> = self
@@ -64,24 +74,19 @@ impl<'a> Folded<'a> {
             .map(|(_, c)| Ok((c, serde_json::to_string(c)?)))
             .collect::<anyhow::Result<_>>()?;
         for chunk in challenges.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO challenges (id, status, from_user, to_user, data, created_at) ",
-            );
-            qb.push_values(chunk, |mut b, (c, data)| {
-                b.push_bind(c.challenge_id.to_string())
-                    .push_bind(c.status.as_str())
-                    .push_bind(c.from.as_str())
-                    .push_bind(c.to.as_str())
-                    .push_bind(data.as_str())
-                    .push_bind(to_ms(c.created_at));
-            });
-            qb.push(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
-            );
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .context("saving challenges")?;
+            writes
+                .start("INSERT INTO challenges (id, status, from_user, to_user, data, created_at) ")
+                .push_values(chunk, |mut b, (c, data)| {
+                    b.push_bind(c.challenge_id.to_string())
+                        .push_bind(c.status.as_str())
+                        .push_bind(c.from.as_str())
+                        .push_bind(c.to.as_str())
+                        .push_bind(data.clone())
+                        .push_bind(to_ms(c.created_at));
+                })
+                .push(
+                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
+                );
         }
 
         let matches: Vec<(&Match, String)> = self
@@ -90,65 +95,52 @@ impl<'a> Folded<'a> {
             .map(|(_, m)| Ok((m, serde_json::to_string(m)?)))
             .collect::<anyhow::Result<_>>()?;
         for chunk in matches.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO matches \
-                 (id, status, discipline, player_a, player_b, data, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, (m, data)| {
-                b.push_bind(m.match_id.to_string())
-                    .push_bind(m.status.as_str())
-                    .push_bind(m.discipline.as_str())
-                    .push_bind(m.players[0].user_id.as_str())
-                    .push_bind(m.players[1].user_id.as_str())
-                    .push_bind(data.as_str())
-                    .push_bind(to_ms(m.created_at))
-                    .push_bind(to_ms(m.updated_at));
-            });
-            qb.push(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data, \
-                 updated_at = excluded.updated_at",
-            );
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .context("saving matches")?;
+            writes
+                .start(
+                    "INSERT INTO matches \
+                     (id, status, discipline, player_a, player_b, data, created_at, updated_at) ",
+                )
+                .push_values(chunk, |mut b, (m, data)| {
+                    b.push_bind(m.match_id.to_string())
+                        .push_bind(m.status.as_str())
+                        .push_bind(m.discipline.as_str())
+                        .push_bind(m.players[0].user_id.as_str())
+                        .push_bind(m.players[1].user_id.as_str())
+                        .push_bind(data.clone())
+                        .push_bind(to_ms(m.created_at))
+                        .push_bind(to_ms(m.updated_at));
+                })
+                .push(
+                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+                     data = excluded.data, updated_at = excluded.updated_at",
+                );
         }
 
         let (saved, dropped): (Vec<_>, Vec<_>) =
             self.tickets.drain().partition(|(_, t)| t.is_some());
         let saved: Vec<&QueuedTicket> = saved.into_iter().filter_map(|(_, t)| t).collect();
         for chunk in saved.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO queue_tickets (user_id, discipline, scope, rating, queued_at) ",
-            );
-            qb.push_values(chunk, |mut b, t| {
-                b.push_bind(t.user.as_str())
-                    .push_bind(t.discipline.as_str())
-                    .push_bind(t.scope.as_ref().map(|s| s.as_str()))
-                    .push_bind(t.rating)
-                    .push_bind(to_ms(t.queued_at));
-            });
-            qb.push(
-                " ON CONFLICT (user_id) DO UPDATE SET discipline = excluded.discipline, \
-                 scope = excluded.scope, rating = excluded.rating, queued_at = excluded.queued_at",
-            );
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .context("saving queue tickets")?;
+            writes
+                .start("INSERT INTO queue_tickets (user_id, discipline, scope, rating, queued_at) ")
+                .push_values(chunk, |mut b, t| {
+                    b.push_bind(t.user.as_str())
+                        .push_bind(t.discipline.as_str())
+                        .push_bind(t.scope.as_ref().map(|s| s.as_str()))
+                        .push_bind(t.rating)
+                        .push_bind(to_ms(t.queued_at));
+                })
+                .push(
+                    " ON CONFLICT (user_id) DO UPDATE SET discipline = excluded.discipline, \
+                     scope = excluded.scope, rating = excluded.rating, queued_at = excluded.queued_at",
+                );
         }
         for chunk in dropped.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("DELETE FROM queue_tickets WHERE user_id IN (");
-            let mut list = qb.separated(", ");
+            let query = writes.start("DELETE FROM queue_tickets WHERE user_id IN (");
+            let mut list = query.separated(", ");
             for (user, _) in chunk {
                 list.push_bind(*user);
             }
-            qb.push(")");
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .context("dropping queue tickets")?;
+            query.push(")");
         }
         Ok(())
     }
