@@ -160,14 +160,9 @@ impl<'a> Statements<'a> {
         if self.count == 0 {
             return Ok(());
         }
-        // Not kept in sqlx's statement cache: the text changes with every group's row counts,
-        // and would only push out the statements that do repeat.
-        self.query
-            .build()
-            .persistent(false)
-            .execute(&mut **tx)
-            .await
-            .context(what)?;
+        // Kept in sqlx's statement cache like any query: groups of the same shape (a steady
+        // stream of full batches) repeat the same text and skip parsing it again.
+        self.query.build().execute(&mut **tx).await.context(what)?;
         Ok(())
     }
 }
