@@ -38,6 +38,8 @@ const MAX_GROUP_EVENTS: usize = 1000;
 const ROWS_PER_STATEMENT: usize = 500;
 /// Appends waiting for the writer before callers wait to enqueue.
 const WRITE_QUEUE: usize = 1024;
+/// Statements in a combined write that sqlx may keep prepared in its statement cache.
+const MAX_CACHED_STATEMENTS: usize = 8;
 /// Rating lookups waiting for the rating reader before callers wait to enqueue.
 const RATING_QUEUE: usize = 1024;
 /// Climbers whose ratings one statement reads at most.
@@ -160,9 +162,16 @@ impl<'a> Statements<'a> {
         if self.count == 0 {
             return Ok(());
         }
-        // Kept in sqlx's statement cache like any query: groups of the same shape (a steady
-        // stream of full batches) repeat the same text and skip parsing it again.
-        self.query.build().execute(&mut **tx).await.context(what)?;
+        // Kept in sqlx's statement cache, so that groups of the same shape (a steady stream of
+        // full batches) skip parsing the text again; but not a text of many statements (one
+        // per collapsed notification), which would hold that many prepared statements in
+        // each of the cache's entries.
+        self.query
+            .build()
+            .persistent(self.count <= MAX_CACHED_STATEMENTS)
+            .execute(&mut **tx)
+            .await
+            .context(what)?;
         Ok(())
     }
 }
