@@ -6,14 +6,14 @@
 #![expect(clippy::unwrap_used, reason = "fixed, valid ids and events")]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use belay::domain::{
     Discipline, Event, Match, MatchOrigin, MatchStatus, Player, PostId, PostLiked, UserId,
 };
 use belay::store::{Change, NewEvent, Store};
 use chrono::Utc;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
 
 const USERS: usize = 200;
@@ -100,25 +100,23 @@ fn writes(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4))
         .sample_size(20);
 
+    // The groups are built outside the timed part; a fresh batch per iteration.
     let mut seq = 0u64;
     for size in [1usize, 50, 500] {
         group.throughput(Throughput::Elements(size as u64));
         group.bench_with_input(BenchmarkId::new("append_likes", size), &size, |b, &size| {
-            b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch: Vec<NewEvent> = (0..size)
+            b.iter_batched(
+                || {
+                    (0..size)
                         .map(|i| {
                             seq += 1;
                             like(seq, i % USERS)
                         })
-                        .collect();
-                    let start = Instant::now();
-                    rt.block_on(store.append(batch)).unwrap();
-                    spent += start.elapsed();
-                }
-                spent
-            })
+                        .collect::<Vec<_>>()
+                },
+                |batch| rt.block_on(store.append(batch)).unwrap(),
+                BatchSize::PerIteration,
+            )
         });
     }
 
@@ -126,22 +124,21 @@ fn writes(c: &mut Criterion) {
     for steps in [16usize, 128, 512] {
         group.throughput(Throughput::Elements(steps as u64));
         group.bench_with_input(BenchmarkId::new("pairings", steps), &steps, |b, &steps| {
-            b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let works: Vec<_> = (0..steps)
+            b.iter_batched(
+                || {
+                    (0..steps)
                         .map(|_| {
                             pair += 1;
                             pairing(pair)
                         })
-                        .collect();
-                    let start = Instant::now();
+                        .collect::<Vec<_>>()
+                },
+                |works| {
                     rt.block_on(store.apply_many(works, Box::new(|_| ())))
-                        .unwrap();
-                    spent += start.elapsed();
-                }
-                spent
-            })
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     group.finish();

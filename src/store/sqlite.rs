@@ -830,13 +830,7 @@ impl Store for SqliteStore {
     }
 
     async fn unread_count(&self, user: &UserId) -> anyhow::Result<u64> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT unread FROM user_cursors WHERE user_id = ?1")
-                .bind(user.as_str())
-                .fetch_optional(&self.reader)
-                .await
-                .context("reading the unread count")?;
-        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+        Ok(self.unread_as_of(user).await?.0)
     }
 
     async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)> {
