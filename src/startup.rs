@@ -96,13 +96,20 @@ impl Application {
         let body_limit = settings.server.body_limit_bytes;
         let dev_tokens = settings.auth.dev_tokens;
         let heartbeat = settings.heartbeat();
+        let queue_capacity = settings.sse.queue_capacity;
         let origins = settings.server.cors_allowed_origins.clone();
         let worker_hubs = hubs.clone();
 
         let mut server = HttpServer::new(move || {
             // Runs once on each worker thread: that worker's registry and hub.
             let registry = Rc::new(RefCell::new(Registry::new(metrics.clone())));
-            let hub = Hub::new(registry.clone(), heartbeat, frames.heartbeat.clone()).start();
+            let hub = Hub::new(
+                registry.clone(),
+                heartbeat,
+                frames.heartbeat.clone(),
+                queue_capacity,
+            )
+            .start();
             worker_hubs.add(hub);
             App::new()
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))

@@ -148,8 +148,14 @@ impl Registry {
 
 /// Sessions a hub offers frames to before it yields the thread, so that the connections it
 /// just filled get written before it goes on: a burst then reaches a reading client instead of
-/// overflowing its queue. A broadcast to many sessions is always one turn.
+/// overflowing its queue. A broadcast to many sessions is always one turn, together with the
+/// broadcasts waiting right behind it. A turn never offers more deliveries than half a
+/// session's queue, so no session is handed more than that at once.
 const FANOUT_BUDGET: usize = 32;
+
+/// Broadcasts waiting one after another that a turn offers together. Published faster than they
+/// are written out, they then reach each connection in one write instead of one write each.
+const BROADCASTS_PER_TURN: usize = 16;
 
 pub struct Hub {
     registry: Rc<RefCell<Registry>>,
@@ -159,6 +165,8 @@ pub struct Hub {
     pending: VecDeque<Arc<Delivery>>,
     /// A fan-out turn is scheduled.
     scheduled: bool,
+    /// The most deliveries one turn offers: half a session's queue, at most `FANOUT_BUDGET`.
+    deliveries_per_turn: usize,
 }
 
 impl Hub {
@@ -166,6 +174,7 @@ impl Hub {
         registry: Rc<RefCell<Registry>>,
         heartbeat_every: Duration,
         heartbeat: Bytes,
+        queue_capacity: usize,
     ) -> Self {
         Hub {
             registry,
@@ -173,6 +182,7 @@ impl Hub {
             heartbeat,
             pending: VecDeque::new(),
             scheduled: false,
+            deliveries_per_turn: (queue_capacity / 2).clamp(1, FANOUT_BUDGET),
         }
     }
 
@@ -186,18 +196,64 @@ impl Hub {
     }
 
     fn fan_out(&mut self, ctx: &mut Context<Self>) {
-        let mut touched = 0;
-        while touched < FANOUT_BUDGET {
-            let Some(delivery) = self.pending.pop_front() else {
+        let mut registry = self.registry.borrow_mut();
+        let mut turn = Turn::new(self.deliveries_per_turn);
+        while let Some(next) = self.pending.front() {
+            if !turn.takes(next) {
                 break;
-            };
-            touched += self.registry.borrow_mut().deliver(&delivery).max(1);
+            }
+            let touched = registry.deliver(next);
+            turn.took(next, touched);
+            self.pending.pop_front();
         }
+        drop(registry);
         if self.pending.is_empty() {
             self.scheduled = false;
         } else {
             self.schedule(ctx);
         }
+    }
+}
+
+/// What one fan-out turn has offered so far.
+#[derive(Debug)]
+struct Turn {
+    /// Deliveries offered.
+    taken: usize,
+    /// Sessions offered a frame, counting a delivery to no session as one.
+    touched: usize,
+    /// Broadcasts offered one after another at the end of the turn.
+    broadcasts_in_a_row: usize,
+    /// The most deliveries this turn offers.
+    limit: usize,
+}
+
+impl Turn {
+    fn new(limit: usize) -> Self {
+        Turn {
+            taken: 0,
+            touched: 0,
+            broadcasts_in_a_row: 0,
+            limit,
+        }
+    }
+
+    /// Whether this turn also offers `next`: under its limit, either while under the session
+    /// budget or as one more broadcast after broadcasts, up to `BROADCASTS_PER_TURN` of them.
+    fn takes(&self, next: &Delivery) -> bool {
+        self.taken < self.limit
+            && (self.touched < FANOUT_BUDGET
+                || (matches!(next.target, Target::All)
+                    && (1..BROADCASTS_PER_TURN).contains(&self.broadcasts_in_a_row)))
+    }
+
+    fn took(&mut self, delivery: &Delivery, touched: usize) {
+        self.taken += 1;
+        self.touched += touched.max(1);
+        self.broadcasts_in_a_row = match delivery.target {
+            Target::All => self.broadcasts_in_a_row + 1,
+            Target::User { .. } => 0,
+        };
     }
 }
 
@@ -261,5 +317,97 @@ impl HubSet {
                 hub.do_send(DrainAll);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broadcast() -> Delivery {
+        Delivery {
+            target: Target::All,
+            frame: Bytes::from_static(b"data: b\n\n"),
+        }
+    }
+
+    fn to_user(name: &str) -> Delivery {
+        Delivery {
+            target: Target::User {
+                user: UserId::parse(name).unwrap(),
+                cursor: None,
+            },
+            frame: Bytes::from_static(b"data: u\n\n"),
+        }
+    }
+
+    /// How many of `pending` one turn offers, each delivery reaching `sessions(delivery)`, with
+    /// the default queue of 256 frames.
+    fn turn_length(pending: &[Delivery], sessions: impl Fn(&Delivery) -> usize) -> usize {
+        turn_length_within(FANOUT_BUDGET, pending, sessions)
+    }
+
+    fn turn_length_within(
+        limit: usize,
+        pending: &[Delivery],
+        sessions: impl Fn(&Delivery) -> usize,
+    ) -> usize {
+        let mut turn = Turn::new(limit);
+        let mut taken = 0;
+        for delivery in pending {
+            if !turn.takes(delivery) {
+                break;
+            }
+            turn.took(delivery, sessions(delivery));
+            taken += 1;
+        }
+        taken
+    }
+
+    #[test]
+    fn broadcasts_waiting_together_are_offered_in_one_turn_up_to_the_limit() {
+        let many = |_: &Delivery| 5_000;
+        let pending: Vec<_> = (0..40).map(|_| broadcast()).collect();
+        assert_eq!(turn_length(&pending, many), BROADCASTS_PER_TURN);
+        assert_eq!(turn_length(&pending[..3], many), 3);
+    }
+
+    #[test]
+    fn a_turn_offers_deliveries_to_users_up_to_the_session_budget() {
+        let pending: Vec<_> = (0..100).map(|i| to_user(&format!("u{i}"))).collect();
+        assert_eq!(turn_length(&pending, |_| 1), FANOUT_BUDGET);
+        // A delivery to a user with no session here still counts.
+        assert_eq!(turn_length(&pending, |_| 0), FANOUT_BUDGET);
+        assert_eq!(turn_length(&pending, |_| 2), FANOUT_BUDGET / 2);
+    }
+
+    #[test]
+    fn a_broadcast_after_a_full_turn_of_user_deliveries_waits_for_the_next_turn() {
+        let mut pending: Vec<_> = (0..FANOUT_BUDGET)
+            .map(|i| to_user(&format!("u{i}")))
+            .collect();
+        pending.push(broadcast());
+        assert_eq!(turn_length(&pending, |_| 1), FANOUT_BUDGET);
+    }
+
+    #[test]
+    fn deliveries_to_users_end_a_run_of_broadcasts() {
+        let many = |d: &Delivery| match d.target {
+            Target::All => 5_000,
+            Target::User { .. } => 1,
+        };
+        let pending = [broadcast(), broadcast(), to_user("ana"), broadcast()];
+        assert_eq!(turn_length(&pending, many), 2);
+        // Under the budget, a broadcast still joins the turn after a user's delivery.
+        assert_eq!(turn_length(&pending[2..], many), 2);
+    }
+
+    #[test]
+    fn a_turn_offers_no_more_deliveries_than_half_a_queue() {
+        let users: Vec<_> = (0..100).map(|_| to_user("ana")).collect();
+        assert_eq!(turn_length_within(2, &users, |_| 1), 2);
+        let broadcasts: Vec<_> = (0..100).map(|_| broadcast()).collect();
+        assert_eq!(turn_length_within(2, &broadcasts, |_| 5_000), 2);
+        assert_eq!(turn_length_within(2, &broadcasts, |_| 1), 2);
     }
 }

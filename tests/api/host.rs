@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_error, data, spawn_app};
+use crate::helpers::{assert_error, data, spawn_app, spawn_app_with};
 
 #[actix_web::test]
 async fn notify_requires_the_host_api_key_and_writes_nothing_without_it() {
@@ -178,6 +178,37 @@ async fn a_broadcast_reaches_every_connected_user_and_is_not_stored() {
         assert_eq!(data(&event)["data"]["title"], "New boulder");
     }
     assert_eq!(app.list(&ana, "").await["notifications"], json!([]));
+}
+
+/// Broadcasts that wait together are offered to a session together, never more at once than
+/// half its queue: a client that keeps reading gets every one and is not closed as slow.
+#[actix_web::test]
+async fn broadcasts_published_together_reach_a_reading_client_with_a_small_queue() {
+    const BROADCASTS: usize = 200;
+    let app = spawn_app_with(|s| s.sse.queue_capacity = 4).await;
+    let ana = app.token("ana").await;
+    let mut stream = app.open_stream(&ana, None).await;
+    stream.expect().await;
+
+    let sends = (0..BROADCASTS).map(|i| {
+        app.host_post("/v1/broadcast")
+            .json(&json!({"kind": "new_post", "data": {"post_id": format!("p{i}"), "by": "cy", "title": "t"}}))
+            .send()
+    });
+    for response in futures_util::future::join_all(sends).await {
+        assert_eq!(response.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    let mut posts = Vec::new();
+    for _ in 0..BROADCASTS {
+        let Some(event) = stream.next().await else {
+            panic!("closed after {} broadcasts", posts.len())
+        };
+        posts.push(data(&event)["data"]["post_id"].as_str().unwrap().to_owned());
+    }
+    posts.sort();
+    posts.dedup();
+    assert_eq!(posts.len(), BROADCASTS);
+    assert_eq!(app.metric("belay_sessions_closed_slow_total").await, 0);
 }
 
 #[actix_web::test]
