@@ -5,9 +5,11 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::Duration;
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
@@ -190,7 +192,7 @@ impl Hub {
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         self.scheduled = true;
         ctx.spawn(
-            actix::fut::wrap_future(tokio::task::yield_now())
+            actix::fut::wrap_future(yield_to_other_tasks())
                 .map(|(), hub: &mut Hub, ctx| hub.fan_out(ctx)),
         );
     }
@@ -212,6 +214,53 @@ impl Hub {
         } else {
             self.schedule(ctx);
         }
+    }
+}
+
+/// Completes once the worker has run its other ready tasks. `tokio::task::yield_now` alone is
+/// not enough inside an actor: actix polls every future of the actor whenever a message arrives,
+/// and a `yield_now` polled a second time completes, woken or not. Under a stream of `Deliver`
+/// messages the hub would then run turn after turn before the connections it filled could write.
+/// This one completes only after its own wake-up.
+fn yield_to_other_tasks() -> impl Future<Output = ()> {
+    let woken = Arc::new(AtomicBool::new(false));
+    let mut yield_now = Box::pin(tokio::task::yield_now());
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if !yielded {
+            yielded = true;
+            let waker = Waker::from(Arc::new(FlagWaker {
+                woken: woken.clone(),
+                task: cx.waker().clone(),
+            }));
+            // Pending: tokio wakes it once the worker's other ready tasks have run.
+            let _ = yield_now
+                .as_mut()
+                .poll(&mut TaskContext::from_waker(&waker));
+            return Poll::Pending;
+        }
+        if woken.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// Notes that the wake-up came before passing it on to the task.
+struct FlagWaker {
+    woken: Arc<AtomicBool>,
+    task: Waker,
+}
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
     }
 }
 
@@ -409,5 +458,17 @@ mod tests {
         let broadcasts: Vec<_> = (0..100).map(|_| broadcast()).collect();
         assert_eq!(turn_length_within(2, &broadcasts, |_| 5_000), 2);
         assert_eq!(turn_length_within(2, &broadcasts, |_| 1), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_turn_waits_for_its_wake_up_not_for_an_early_poll() {
+        let mut turn = std::pin::pin!(yield_to_other_tasks());
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        assert!(turn.as_mut().poll(&mut cx).is_pending());
+        // The actor is polled again for a message before the worker ran anything else.
+        assert!(turn.as_mut().poll(&mut cx).is_pending());
+        // The worker runs its other ready tasks; then the turn is woken.
+        tokio::task::yield_now().await;
+        assert!(turn.as_mut().poll(&mut cx).is_ready());
     }
 }
