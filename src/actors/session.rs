@@ -92,8 +92,9 @@ impl SessionActor {
         };
         let resume = self.resume.take();
         let fut = async move {
-            if on_connect {
-                job.connect(resume).await?;
+            if on_connect && !job.connect(resume).await? {
+                // The connect read reached the end of the store: only live frames can follow.
+                return Ok(job.outbox.borrow_mut().release_held());
             }
             job.run().await
         };
@@ -184,8 +185,10 @@ struct CatchUpJob {
 
 impl CatchUpJob {
     /// On connect: the `unread` summary, then where the replay starts. A cursor beyond the
-    /// user's head (a client of a reset database) restarts at the head.
-    async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<()> {
+    /// user's head (a client of a reset database) restarts at the head. Returns whether there is
+    /// anything to replay: nothing when the stream starts at the head, since the head was read
+    /// after the session subscribed, so every later event reaches it live.
+    async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<bool> {
         let (count, head) = self.store.unread_as_of(&self.user).await?;
         let latest = if count > 0 {
             // Only what `count` covers: nothing newer than `head`.
@@ -212,7 +215,7 @@ impl CatchUpJob {
         let mut outbox = self.outbox.borrow_mut();
         outbox.push_direct(summary);
         outbox.start_from(start);
-        Ok(())
+        Ok(start < head)
     }
 
     /// Replays from the outbox's last cursor until the store has nothing newer, waiting for room

@@ -173,6 +173,75 @@ async fn resume_while_another_task_writes_1000_events_loses_and_repeats_nothing(
     assert!(reconnects > 5, "the test reconnected {reconnects} times");
 }
 
+/// Streams opened at the head while four tasks write: the connect reads the head and the
+/// stream goes on from it with nothing missed, whether the client sent no id or its last one.
+#[actix_web::test]
+async fn streams_opened_while_events_are_written_go_on_from_the_head_without_a_gap() {
+    const TOTAL: i64 = 800;
+    const READ_PER_STREAM: i64 = 15;
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    let writer = {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url("/v1/notify"),
+            app.api_key.clone(),
+        );
+        actix_web::rt::spawn(async move {
+            let tasks = (0..4).map(|w| {
+                let (client, url, key) = (client.clone(), url.clone(), key.clone());
+                async move {
+                    for i in 0..TOTAL / 4 {
+                        let body = json!({"user_id": "ana", "kind": "post_liked",
+                            "data": {"post_id": format!("w{w}-{i}"), "by": "bob"}});
+                        let r = client
+                            .post(&url)
+                            .header("X-Api-Key", &key)
+                            .json(&body)
+                            .send()
+                            .await;
+                        assert!(r.expect("notify").status().is_success());
+                    }
+                }
+            });
+            futures_util::future::join_all(tasks).await;
+        })
+    };
+
+    let mut streams = 0;
+    let mut last: Option<String> = None;
+    loop {
+        // Every other stream resumes from the last id read, the others ask for no past.
+        let resume = if streams % 2 == 1 { last.clone() } else { None };
+        let mut stream = app.open_stream(&token, resume.as_deref()).await;
+        streams += 1;
+        let summary = stream.expect().await;
+        assert_eq!(summary.event, "unread");
+        let head = data(&summary)["cursor"].as_i64().unwrap();
+        let from = match &resume {
+            Some(id) => id.parse::<i64>().unwrap().min(head),
+            None => head,
+        };
+        if from + READ_PER_STREAM > TOTAL {
+            break;
+        }
+        for expected in from + 1..=from + READ_PER_STREAM {
+            let event = stream.expect().await;
+            assert_eq!(
+                event.id,
+                expected.to_string(),
+                "stream {streams} (resume {resume:?}, head {head})"
+            );
+            last = Some(event.id);
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        streams > 5,
+        "only {streams} streams opened during the writes"
+    );
+}
+
 #[actix_web::test]
 async fn a_cursor_ahead_of_the_store_restarts_at_the_head() {
     let app = spawn_app().await;
