@@ -479,3 +479,36 @@ async fn the_unread_count_and_the_head_are_read_together() {
         );
     }
 }
+
+#[tokio::test]
+async fn many_unread_lookups_at_once_each_get_their_own_users_numbers() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        // u{n} has n likes, the first n / 2 of them read; the users from u30 on have none.
+        let mut expected = std::collections::HashMap::new();
+        for n in 1..30u64 {
+            let who = format!("u{n}");
+            let likes: Vec<_> = (0..n).map(|i| like(&who, &format!("p{i}"), "x")).collect();
+            store.append(likes).await.unwrap();
+            let head = i64::try_from(n).unwrap();
+            store
+                .mark_read(&user(&who), &ReadSelector::UpTo(Cursor(head / 2)))
+                .await
+                .unwrap();
+            expected.insert(who, (n - n / 2, Cursor(head)));
+        }
+        // Interleaved, so one batch holds users with, without and with several look-ups.
+        let asked: Vec<_> = (0..3)
+            .flat_map(|round| (0..40).map(move |n| user(&format!("u{}", (n * 7 + round) % 40))))
+            .collect();
+        let answers =
+            futures_util::future::join_all(asked.iter().map(|who| store.unread_as_of(who))).await;
+        for (who, answer) in asked.iter().zip(answers) {
+            let want = expected
+                .get(who.as_str())
+                .copied()
+                .unwrap_or((0, Cursor(0)));
+            assert_eq!(answer.unwrap(), want, "{name}: {who}");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! small pool of readers.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::Hash;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -40,14 +42,15 @@ const ROWS_PER_STATEMENT: usize = 500;
 const WRITE_QUEUE: usize = 1024;
 /// Statements in a combined write that sqlx may keep prepared in its statement cache.
 const MAX_CACHED_STATEMENTS: usize = 8;
-/// Rating lookups waiting for the rating reader before callers wait to enqueue.
-const RATING_QUEUE: usize = 1024;
-/// Climbers whose ratings one statement reads at most.
-const MAX_RATING_BATCH: usize = 256;
+/// Look-ups waiting for a batching reader before callers wait to enqueue.
+const LOOKUP_QUEUE: usize = 1024;
+/// Look-ups one statement answers at most.
+const MAX_LOOKUP_BATCH: usize = 256;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteJob>,
-    ratings: mpsc::Sender<RatingLookup>,
+    ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
+    heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     writer: SqlitePool,
     reader: SqlitePool,
 }
@@ -107,8 +110,16 @@ impl SqliteStore {
         };
         let (writes, jobs) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(writer.clone(), jobs));
-        let (ratings, lookups) = mpsc::channel(RATING_QUEUE);
-        tokio::spawn(rating_loop(reader.clone(), lookups));
+        let (ratings, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        let pool = reader.clone();
+        tokio::spawn(lookup_loop(lookups, move |keys| {
+            ratings_by_key(pool.clone(), keys)
+        }));
+        let (heads, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        let pool = reader.clone();
+        tokio::spawn(lookup_loop(lookups, move |users| {
+            unread_heads_of(pool.clone(), users)
+        }));
         if !in_memory {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
@@ -121,6 +132,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writes,
             ratings,
+            heads,
             writer,
             reader,
         })
@@ -176,40 +188,112 @@ impl<'a> Statements<'a> {
     }
 }
 
-/// One climber's rating in one discipline, asked of the rating reader.
-struct RatingLookup {
-    user: UserId,
-    discipline: Discipline,
-    reply: oneshot::Sender<Result<Option<Rating>, String>>,
+/// A look-up answered by a batching reader: `None` when there is no row for the key.
+struct Lookup<K, V> {
+    key: K,
+    reply: oneshot::Sender<Result<Option<V>, String>>,
 }
 
-/// Answers rating lookups in batches: whatever is waiting when a read starts goes into the next
-/// one, a single statement on a single reader connection. Every queue join reads the climber's
-/// rating; under a crowd of joins one round trip to a reader per climber cost more than the
-/// rest of the join.
-async fn rating_loop(reader: SqlitePool, mut lookups: mpsc::Receiver<RatingLookup>) {
-    let mut batch = Vec::with_capacity(MAX_RATING_BATCH);
-    while lookups.recv_many(&mut batch, MAX_RATING_BATCH).await > 0 {
-        let users: HashSet<&str> = batch.iter().map(|l| l.user.as_str()).collect();
-        let users: Vec<&str> = users.into_iter().collect();
-        let rows = sqlite_play::ratings_of(&reader, &users)
+/// Answers look-ups in batches: whatever is waiting when a read starts goes into the next one,
+/// a single statement on a single reader connection. A round trip to SQLite's thread per
+/// look-up cost more than the rest of the request under a crowd of them: every queue join reads
+/// the climber's rating, every stream's connect the user's unread count and head.
+async fn lookup_loop<K, V, F, Fut>(mut lookups: mpsc::Receiver<Lookup<K, V>>, read: F)
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    F: Fn(Vec<K>) -> Fut,
+    Fut: Future<Output = anyhow::Result<HashMap<K, V>>>,
+{
+    let mut batch = Vec::with_capacity(MAX_LOOKUP_BATCH);
+    while lookups.recv_many(&mut batch, MAX_LOOKUP_BATCH).await > 0 {
+        let keys: HashSet<K> = batch.iter().map(|l| l.key.clone()).collect();
+        let found = read(keys.into_iter().collect())
             .await
             .map_err(|e| format!("{e:#}"));
-        let found = rows.as_ref().map(|rows| {
-            rows.iter()
-                .map(|(user, discipline, rating)| ((user.as_str(), discipline.as_str()), *rating))
-                .collect::<HashMap<_, _>>()
-        });
         for lookup in batch.drain(..) {
             let answer = match &found {
-                Ok(ratings) => Ok(ratings
-                    .get(&(lookup.user.as_str(), lookup.discipline.as_str()))
-                    .copied()),
+                Ok(rows) => Ok(rows.get(&lookup.key).cloned()),
                 Err(error) => Err(String::clone(error)),
             };
             let _ = lookup.reply.send(answer);
         }
     }
+}
+
+/// Sends a look-up to its batching reader and waits for the answer.
+async fn look_up<K, V>(
+    lookups: &mpsc::Sender<Lookup<K, V>>,
+    key: K,
+    what: &str,
+) -> anyhow::Result<Option<V>> {
+    let (reply, answer) = oneshot::channel();
+    lookups
+        .send(Lookup { key, reply })
+        .await
+        .map_err(|_| anyhow::anyhow!("the {what} reader has stopped"))?;
+    answer
+        .await
+        .with_context(|| format!("the {what} reader dropped the look-up"))?
+        .map_err(anyhow::Error::msg)
+}
+
+/// The ratings of the given climbers in the given disciplines, in one statement.
+async fn ratings_by_key(
+    pool: SqlitePool,
+    keys: Vec<(UserId, Discipline)>,
+) -> anyhow::Result<HashMap<(UserId, Discipline), Rating>> {
+    let users: HashSet<&str> = keys.iter().map(|(user, _)| user.as_str()).collect();
+    let users: Vec<&str> = users.into_iter().collect();
+    let rows = sqlite_play::ratings_of(&pool, &users).await?;
+    let rows: HashMap<(&str, &str), Rating> = rows
+        .iter()
+        .map(|(user, discipline, rating)| ((user.as_str(), discipline.as_str()), *rating))
+        .collect();
+    Ok(keys
+        .iter()
+        .filter_map(|key| {
+            let rating = rows.get(&(key.0.as_str(), key.1.as_str()))?;
+            Some((key.clone(), *rating))
+        })
+        .collect())
+}
+
+/// The unread count and head cursor of the given users, in one statement. Both come from one
+/// row, written by the same commits: no commit falls between the two numbers.
+async fn unread_heads_of(
+    pool: SqlitePool,
+    users: Vec<UserId>,
+) -> anyhow::Result<HashMap<UserId, (i64, i64)>> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT user_id, unread, last_cursor FROM user_cursors WHERE user_id IN (",
+    );
+    let mut list = qb.separated(", ");
+    for user in &users {
+        list.push_bind(user.as_str());
+    }
+    list.push_unseparated(")");
+    let rows = qb
+        .build()
+        .fetch_all(&pool)
+        .await
+        .context("reading unread counts")?;
+    let rows: HashMap<&str, (i64, i64)> = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<&str, _>("user_id")?,
+                (row.try_get("unread")?, row.try_get("last_cursor")?),
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(users
+        .into_iter()
+        .filter_map(|user| {
+            let found = *rows.get(user.as_str())?;
+            Some((user, found))
+        })
+        .collect())
 }
 
 /// How often the WAL is copied back into the database file.
@@ -746,19 +830,7 @@ impl Store for SqliteStore {
         user: &UserId,
         discipline: Discipline,
     ) -> anyhow::Result<Option<Rating>> {
-        let (reply, answer) = oneshot::channel();
-        self.ratings
-            .send(RatingLookup {
-                user: user.clone(),
-                discipline,
-                reply,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the rating reader has stopped"))?;
-        answer
-            .await
-            .context("the rating reader dropped the lookup")?
-            .map_err(anyhow::Error::msg)
+        look_up(&self.ratings, (user.clone(), discipline), "rating").await
     }
 
     async fn leaderboard(
@@ -834,14 +906,9 @@ impl Store for SqliteStore {
     }
 
     async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)> {
-        // One row, written by the same commits: no commit falls between the two numbers.
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT unread, last_cursor FROM user_cursors WHERE user_id = ?1")
-                .bind(user.as_str())
-                .fetch_optional(&self.reader)
-                .await
-                .context("reading the unread count")?;
-        let (count, head) = row.unwrap_or((0, 0));
+        let (count, head) = look_up(&self.heads, user.clone(), "unread count")
+            .await?
+            .unwrap_or((0, 0));
         Ok((u64::try_from(count).unwrap_or(0), Cursor(head)))
     }
 
