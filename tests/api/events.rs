@@ -110,6 +110,39 @@ async fn resume_also_works_with_the_last_event_id_query_parameter() {
     assert_eq!(stream.expect().await.id, "3");
 }
 
+/// Sends `total` likes to `user` from four concurrent writers, so that commits and publishes
+/// interleave across workers.
+fn likes_from_four_writers(
+    app: &crate::helpers::TestApp,
+    user: &'static str,
+    total: i64,
+) -> actix_web::rt::task::JoinHandle<()> {
+    let (client, url, key) = (
+        app.client.clone(),
+        app.url("/v1/notify"),
+        app.api_key.clone(),
+    );
+    actix_web::rt::spawn(async move {
+        let tasks = (0..4).map(|w| {
+            let (client, url, key) = (client.clone(), url.clone(), key.clone());
+            async move {
+                for i in 0..total / 4 {
+                    let body = json!({"user_id": user, "kind": "post_liked",
+                        "data": {"post_id": format!("w{w}-{i}"), "by": "bob"}});
+                    let r = client
+                        .post(&url)
+                        .header("X-Api-Key", &key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    assert!(r.expect("notify").status().is_success());
+                }
+            }
+        });
+        futures_util::future::join_all(tasks).await;
+    })
+}
+
 /// Reconnects again and again while another task writes 1,000 events for the same user: the
 /// client ends up with every cursor exactly once, in order.
 #[actix_web::test]
@@ -118,31 +151,7 @@ async fn resume_while_another_task_writes_1000_events_loses_and_repeats_nothing(
     let app = spawn_app().await;
     let token = app.token("ana").await;
 
-    let writer = {
-        let client = app.client.clone();
-        let url = app.url("/v1/notify");
-        let key = app.api_key.clone();
-        actix_web::rt::spawn(async move {
-            // Four concurrent writers, so commits and publishes interleave across workers.
-            let tasks = (0..4).map(|w| {
-                let (client, url, key) = (client.clone(), url.clone(), key.clone());
-                async move {
-                    for i in 0..TOTAL / 4 {
-                        let body = json!({"user_id": "ana", "kind": "post_liked",
-                            "data": {"post_id": format!("w{w}-{i}"), "by": "bob"}});
-                        let r = client
-                            .post(&url)
-                            .header("X-Api-Key", &key)
-                            .json(&body)
-                            .send()
-                            .await;
-                        assert!(r.expect("notify").status().is_success());
-                    }
-                }
-            });
-            futures_util::future::join_all(tasks).await;
-        })
-    };
+    let writer = likes_from_four_writers(&app, "ana", TOTAL);
 
     let mut received: Vec<i64> = Vec::new();
     // "0" asks for everything from the start; without an id the stream would begin live.
@@ -181,32 +190,7 @@ async fn streams_opened_while_events_are_written_go_on_from_the_head_without_a_g
     const READ_PER_STREAM: i64 = 15;
     let app = spawn_app().await;
     let token = app.token("ana").await;
-    let writer = {
-        let (client, url, key) = (
-            app.client.clone(),
-            app.url("/v1/notify"),
-            app.api_key.clone(),
-        );
-        actix_web::rt::spawn(async move {
-            let tasks = (0..4).map(|w| {
-                let (client, url, key) = (client.clone(), url.clone(), key.clone());
-                async move {
-                    for i in 0..TOTAL / 4 {
-                        let body = json!({"user_id": "ana", "kind": "post_liked",
-                            "data": {"post_id": format!("w{w}-{i}"), "by": "bob"}});
-                        let r = client
-                            .post(&url)
-                            .header("X-Api-Key", &key)
-                            .json(&body)
-                            .send()
-                            .await;
-                        assert!(r.expect("notify").status().is_success());
-                    }
-                }
-            });
-            futures_util::future::join_all(tasks).await;
-        })
-    };
+    let writer = likes_from_four_writers(&app, "ana", TOTAL);
 
     let mut streams = 0;
     let mut last: Option<String> = None;
