@@ -94,7 +94,11 @@ impl SessionActor {
         let fut = async move {
             if on_connect && !job.connect(resume).await? {
                 // The connect read reached the end of the store: only live frames can follow.
-                return Ok(job.outbox.borrow_mut().release_held());
+                let mut outbox = job.outbox.borrow_mut();
+                if outbox.is_closed() {
+                    return Ok(Release::Live);
+                }
+                return Ok(outbox.release_held());
             }
             job.run().await
         };
