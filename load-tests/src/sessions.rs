@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, value_parser};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use reqwest::Client;
 use serde::Serialize;
@@ -73,6 +74,10 @@ pub struct ConnectionsArgs {
     /// Broadcasts sent back to back once the sessions are open; memory is read again after.
     #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(0..=100_000))]
     pub burst: u64,
+    /// Notifications stored for each user before the sessions open (Belay only): every connect
+    /// then reads an `unread` summary with its newest entries, as a returning user's does.
+    #[arg(long, default_value_t = 0, value_parser = value_parser!(u32).range(0..=100))]
+    pub unread: u32,
 }
 
 #[derive(Debug, Args)]
@@ -101,7 +106,7 @@ struct Opened {
     client_cpu_open_s: f64,
 }
 
-async fn open_all(args: &SessionArgs, seqs: u64) -> Result<Opened> {
+async fn open_all(args: &SessionArgs, seqs: u64, unread: u32) -> Result<Opened> {
     let target = Target::loopback(&args.url)?;
     let api = common::api_client(Duration::from_secs(30), 16)?;
     let spec = ServerSpec::resolve(
@@ -112,9 +117,15 @@ async fn open_all(args: &SessionArgs, seqs: u64) -> Result<Opened> {
         &args.channel,
     )
     .await?;
+    let run = common::run_tag();
+    if unread > 0 {
+        if spec.kind != ServerKind::Belay {
+            bail!("--unread needs a Belay server: Nchan stores no notifications per user");
+        }
+        store_unread(&api, &spec, &run, args.sessions, unread).await?;
+    }
     let server_pids = fleet::server_pids(&args.server_pids, spec.dest.port())?;
     let memory_idle = procfs::memory(&server_pids);
-    let run = common::run_tag();
     let shared = fleet::Shared {
         server: spec.clone(),
         run: run.clone(),
@@ -164,6 +175,59 @@ async fn open_all(args: &SessionArgs, seqs: u64) -> Result<Opened> {
         server_cpu_open_s,
         client_cpu_open_s,
     })
+}
+
+/// Stores `per_user` likes for each of the run's `users` before their sessions open, in
+/// requests of up to 100 events, 16 in flight.
+async fn store_unread(
+    api: &Client,
+    spec: &ServerSpec,
+    run: &str,
+    users: u32,
+    per_user: u32,
+) -> Result<()> {
+    const PER_REQUEST: usize = 100;
+    let url = format!("{}/v1/notify", spec.base.trim_end_matches('/'));
+    let events: Vec<serde_json::Value> = (0..u64::from(users))
+        .flat_map(|n| {
+            let user = crate::worker::run_user(run, n);
+            (0..per_user).map(move |k| {
+                serde_json::json!({
+                    "user_id": user,
+                    "kind": "post_liked",
+                    "data": { "post_id": format!("unread-{k}"), "by": "loadgen" },
+                })
+            })
+        })
+        .collect();
+    let bar = output::bar(events.len() as u64, "storing unread");
+    let sends = events.chunks(PER_REQUEST).map(|chunk| {
+        let request = api
+            .post(&url)
+            .header("X-Api-Key", &spec.api_key)
+            .json(&serde_json::json!({ "events": chunk }));
+        let (bar, count) = (bar.clone(), chunk.len() as u64);
+        async move {
+            let response = request
+                .send()
+                .await
+                .context("storing unread notifications")?;
+            if !response.status().is_success() {
+                bail!(
+                    "storing unread notifications: {}",
+                    common::describe_error(response).await
+                );
+            }
+            bar.inc(count);
+            Ok(())
+        }
+    });
+    let mut sends = futures_util::stream::iter(sends).buffer_unordered(16);
+    while let Some(sent) = sends.next().await {
+        sent?;
+    }
+    bar.finish();
+    Ok(())
 }
 
 /// A batch of broadcasts and how they were delivered.
@@ -498,6 +562,8 @@ struct ConnectionsReport {
     server_pids: Vec<u32>,
     client_processes: usize,
     sessions_requested: u32,
+    /// Notifications stored for each user before the sessions opened.
+    unread_per_user: u32,
     sessions_opened: u64,
     open_errors: u64,
     /// Sessions that ended before the run did.
@@ -517,7 +583,7 @@ struct ConnectionsReport {
 
 pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     let common = &args.common;
-    let mut opened = open_all(common, args.burst).await?;
+    let mut opened = open_all(common, args.burst, args.unread).await?;
     tokio::time::sleep(SETTLE).await;
     let sessions = opened.stats.opened;
     let connected = MemoryPerSession::new(
@@ -566,6 +632,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         server_pids: opened.server_pids.clone(),
         client_processes: opened.workers,
         sessions_requested: common.sessions,
+        unread_per_user: args.unread,
         sessions_opened: sessions,
         open_errors: opened.stats.failed,
         sessions_dropped: stats.dropped,
@@ -591,11 +658,12 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     row(
         "sessions",
         format!(
-            "opened {} of {}  open errors {}  dropped {}",
+            "opened {} of {}  open errors {}  dropped {}  (unread per user {})",
             report.sessions_opened,
             report.sessions_requested,
             report.open_errors,
-            report.sessions_dropped
+            report.sessions_dropped,
+            report.unread_per_user
         ),
     );
     row(
@@ -670,7 +738,7 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be 0 (back to back) or a positive number");
     }
-    let mut opened = open_all(common, args.broadcasts).await?;
+    let mut opened = open_all(common, args.broadcasts, 0).await?;
     let run = broadcast(
         &mut opened,
         args.broadcasts,

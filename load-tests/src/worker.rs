@@ -312,7 +312,12 @@ async fn run(spec: WorkerSpec) -> Result<()> {
 }
 
 fn user_id(spec: &WorkerSpec, i: u32) -> String {
-    format!("lt-{}-{}", spec.run, spec.first_user + u64::from(i))
+    run_user(&spec.run, spec.first_user + u64::from(i))
+}
+
+/// The user id of session `n` (counted over all client processes) of run `run`.
+pub fn run_user(run: &str, n: u64) -> String {
+    format!("lt-{run}-{n}")
 }
 
 /// One session: open it, then either hold it (counting frames) or play a climber.
