@@ -463,6 +463,16 @@ async fn the_unread_count_and_the_head_are_read_together() {
         while !writer.is_finished() {
             let (count, head) = store.unread_as_of(&ana).await.unwrap();
             assert_eq!(count, u64::try_from(head.0).unwrap(), "{name}");
+            // The connect's summary: its newest entries end at its head, whatever commits since.
+            let summary = store.unread_summary(&ana, 10).await.unwrap();
+            assert_eq!(
+                summary.count,
+                u64::try_from(summary.head.0).unwrap(),
+                "{name}"
+            );
+            let cursors: Vec<i64> = summary.latest.iter().map(|n| n.cursor.0).collect();
+            let newest: Vec<i64> = (1..=summary.head.0).rev().take(10).collect();
+            assert_eq!(cursors, newest, "{name}");
             snapshots += 1;
             tokio::task::yield_now().await;
         }
@@ -509,6 +519,46 @@ async fn many_unread_lookups_at_once_each_get_their_own_users_numbers() {
                 .copied()
                 .unwrap_or((0, Cursor(0)));
             assert_eq!(answer.unwrap(), want, "{name}: {who}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unread_summaries_read_at_once_each_hold_their_own_users_newest_unread() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        // s{n} has n likes and has read the oldest n / 3; s0 and the users from s25 have none.
+        for n in 1..25i64 {
+            let who = format!("s{n}");
+            let likes: Vec<_> = (0..n).map(|i| like(&who, &format!("p{i}"), "x")).collect();
+            store.append(likes).await.unwrap();
+            store
+                .mark_read(&user(&who), &ReadSelector::UpTo(Cursor(n / 3)))
+                .await
+                .unwrap();
+        }
+        let asked: Vec<_> = (0..3)
+            .flat_map(|round| (0..30).map(move |n| (n, [4, 10, 10][round])))
+            .collect();
+        let users: Vec<_> = asked.iter().map(|(n, _)| user(&format!("s{n}"))).collect();
+        let answers = futures_util::future::join_all(
+            users
+                .iter()
+                .zip(&asked)
+                .map(|(who, (_, latest))| store.unread_summary(who, *latest)),
+        )
+        .await;
+        for ((n, latest), answer) in asked.iter().zip(answers) {
+            let snapshot = answer.unwrap();
+            let (n, latest) = (i64::from(*n), i64::from(*latest));
+            let head = if n < 25 { n } else { 0 };
+            let unread = if n < 25 { n - n / 3 } else { 0 };
+            assert_eq!(snapshot.head, Cursor(head), "{name}: s{n}");
+            assert_eq!(snapshot.count, unread as u64, "{name}: s{n}");
+            let cursors: Vec<i64> = snapshot.latest.iter().map(|e| e.cursor.0).collect();
+            let expected: Vec<i64> = (head - unread.min(latest) + 1..=head).rev().collect();
+            assert_eq!(cursors, expected, "{name}: s{n} latest {latest}");
+            assert!(snapshot.latest.iter().all(|e| !e.read), "{name}: s{n}");
         }
     }
 }

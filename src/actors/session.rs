@@ -18,7 +18,7 @@ use super::hub::{Registry, SessionEntry};
 use crate::domain::{Cursor, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::{Offer, Outbox, Release, frame};
-use crate::store::{ListQuery, Page, Store};
+use crate::store::Store;
 
 /// How long a gap in a user's cursors may wait for the missing live frame before the session
 /// reads the store instead.
@@ -193,20 +193,15 @@ impl CatchUpJob {
     /// anything to replay: nothing when the stream starts at the head, since the head was read
     /// after the session subscribed, so every later event reaches it live.
     async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<bool> {
-        let (count, head) = self.store.unread_as_of(&self.user).await?;
-        let latest = if count > 0 {
-            // Only what `count` covers: nothing newer than `head`.
-            let query = ListQuery {
-                page: Page::Newest {
-                    before: Some(Cursor(head.0.saturating_add(1))),
-                },
-                unread_only: true,
-                limit: UNREAD_LATEST,
-            };
-            Some(self.store.list(&self.user, query).await?)
-        } else {
-            None
-        };
+        // Most connects find nothing unread and need only the count; otherwise one snapshot gives
+        // the count, the head and the newest unread at or below it, all in agreement.
+        let (mut count, mut head) = self.store.unread_as_of(&self.user).await?;
+        let mut latest = None;
+        if count > 0 {
+            let snapshot = self.store.unread_summary(&self.user, UNREAD_LATEST).await?;
+            (count, head) = (snapshot.count, snapshot.head);
+            latest = (count > 0).then_some(snapshot.latest);
+        }
         let start = match resume {
             Some(cursor) if cursor <= head => cursor,
             _ => head,

@@ -109,6 +109,15 @@ pub enum ChangeOutcome {
     Ascent(AscentOutcome),
 }
 
+/// A user's unread count, head cursor and newest unread notifications, read together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadSnapshot {
+    pub count: u64,
+    pub head: Cursor,
+    /// Newest first; every one unread and at or below `head`.
+    pub latest: Vec<Notification>,
+}
+
 /// Ratings before and after a settled match, and the rank moves it caused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
@@ -215,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
     /// The unread count and the head cursor, read together: the count covers exactly the
     /// unread events at or below the cursor.
     async fn unread_as_of(&self, user: &UserId) -> anyhow::Result<(u64, Cursor)>;
+
+    /// What a stream's connect sends first: [`Store::unread_as_of`] and the newest `latest`
+    /// unread notifications, newest first, all from one snapshot.
+    async fn unread_summary(&self, user: &UserId, latest: u32) -> anyhow::Result<UnreadSnapshot>;
 
     /// Marks notifications of `user` read; returns how many changed.
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64>;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::sqlite_play;
 use super::{
     AppendOutcome, Appended, Applied, Change, ListQuery, NewEvent, OnCommit, Page, ReadSelector,
-    Store,
+    Store, UnreadSnapshot,
 };
 use crate::domain::{
     Challenge, Cursor, Discipline, Event, LeaderboardEntry, Match, Notification, QueuedTicket,
@@ -46,11 +46,14 @@ const MAX_CACHED_STATEMENTS: usize = 8;
 const LOOKUP_QUEUE: usize = 1024;
 /// Look-ups one statement answers at most.
 const MAX_LOOKUP_BATCH: usize = 256;
+/// Unread summaries one statement answers at most: its text grows by a subquery per user.
+const MAX_SUMMARY_BATCH: usize = 32;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteJob>,
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
+    summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
     writer: SqlitePool,
     reader: SqlitePool,
 }
@@ -112,13 +115,18 @@ impl SqliteStore {
         tokio::spawn(write_loop(writer.clone(), jobs));
         let (ratings, lookups) = mpsc::channel(LOOKUP_QUEUE);
         let pool = reader.clone();
-        tokio::spawn(lookup_loop(lookups, move |keys| {
+        tokio::spawn(lookup_loop(lookups, MAX_LOOKUP_BATCH, move |keys| {
             ratings_by_key(pool.clone(), keys)
         }));
         let (heads, lookups) = mpsc::channel(LOOKUP_QUEUE);
         let pool = reader.clone();
-        tokio::spawn(lookup_loop(lookups, move |users| {
+        tokio::spawn(lookup_loop(lookups, MAX_LOOKUP_BATCH, move |users| {
             unread_heads_of(pool.clone(), users)
+        }));
+        let (summaries, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        let pool = reader.clone();
+        tokio::spawn(lookup_loop(lookups, MAX_SUMMARY_BATCH, move |keys| {
+            unread_summaries_of(pool.clone(), keys)
         }));
         if !in_memory {
             let checkpointer = SqlitePoolOptions::new()
@@ -133,6 +141,7 @@ impl SqliteStore {
             writes,
             ratings,
             heads,
+            summaries,
             writer,
             reader,
         })
@@ -194,19 +203,22 @@ struct Lookup<K, V> {
     reply: oneshot::Sender<Result<Option<V>, String>>,
 }
 
-/// Answers look-ups in batches: whatever is waiting when a read starts goes into the next one,
-/// a single statement on a single reader connection. A round trip to SQLite's thread per
+/// Answers look-ups in batches: whatever is waiting when a read starts goes into the next one
+/// (up to `max_batch`), a single statement on a single reader connection. A round trip to SQLite's thread per
 /// look-up cost more than the rest of the request under a crowd of them: every queue join reads
 /// the climber's rating, every stream's connect the user's unread count and head.
-async fn lookup_loop<K, V, F, Fut>(mut lookups: mpsc::Receiver<Lookup<K, V>>, read: F)
-where
+async fn lookup_loop<K, V, F, Fut>(
+    mut lookups: mpsc::Receiver<Lookup<K, V>>,
+    max_batch: usize,
+    read: F,
+) where
     K: Eq + Hash + Clone,
     V: Clone,
     F: Fn(Vec<K>) -> Fut,
     Fut: Future<Output = anyhow::Result<HashMap<K, V>>>,
 {
-    let mut batch = Vec::with_capacity(MAX_LOOKUP_BATCH);
-    while lookups.recv_many(&mut batch, MAX_LOOKUP_BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(max_batch);
+    while lookups.recv_many(&mut batch, max_batch).await > 0 {
         let keys: HashSet<K> = batch.iter().map(|l| l.key.clone()).collect();
         let found = read(keys.into_iter().collect())
             .await
@@ -292,6 +304,84 @@ async fn unread_heads_of(
         .filter_map(|user| {
             let found = *rows.get(user.as_str())?;
             Some((user, found))
+        })
+        .collect())
+}
+
+/// The unread snapshots of the given users, each with up to its own number of newest unread
+/// notifications, in one statement: one snapshot, so each count, head and list agree. Each
+/// user's walk down their notifications stops once it has found as many as they have unread.
+async fn unread_summaries_of(
+    pool: SqlitePool,
+    keys: Vec<(UserId, u32)>,
+) -> anyhow::Result<HashMap<(UserId, u32), UnreadSnapshot>> {
+    let most = i64::from(keys.iter().map(|(_, latest)| *latest).max().unwrap_or(0));
+    let users: Vec<&str> = keys
+        .iter()
+        .map(|(user, _)| user.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // The users' rows of `user_cursors`, then each user's newest unread: one compound statement.
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT user_id AS owner, unread, last_cursor, NULL AS id, NULL AS cursor, NULL AS kind, \
+         NULL AS data, NULL AS created_at, NULL AS updated_at, NULL AS read_at \
+         FROM user_cursors WHERE user_id IN (",
+    );
+    let mut list = qb.separated(", ");
+    for user in &users {
+        list.push_bind(*user);
+    }
+    list.push_unseparated(")");
+    for user in &users {
+        qb.push(
+            " UNION ALL SELECT * FROM (SELECT user_id AS owner, NULL, NULL, \
+             id, cursor, kind, data, created_at, updated_at, read_at FROM notifications \
+             WHERE user_id = ",
+        );
+        qb.push_bind(*user);
+        qb.push(" AND read_at IS NULL ORDER BY cursor DESC LIMIT MIN(");
+        qb.push_bind(most);
+        qb.push(", COALESCE((SELECT unread FROM user_cursors WHERE user_id = ");
+        qb.push_bind(*user);
+        qb.push("), 0)))");
+    }
+    let rows = qb
+        .build()
+        .persistent(users.len() <= MAX_CACHED_STATEMENTS)
+        .fetch_all(&pool)
+        .await
+        .context("reading unread summaries")?;
+    let mut heads: HashMap<&str, (u64, Cursor)> = HashMap::new();
+    let mut newest: HashMap<&str, Vec<Notification>> = HashMap::new();
+    for row in &rows {
+        let owner: &str = row.try_get("owner")?;
+        if row.try_get::<Option<&str>, _>("id")?.is_some() {
+            newest
+                .entry(owner)
+                .or_default()
+                .push(notification_from_row(row)?);
+        } else {
+            let unread: i64 = row.try_get("unread")?;
+            let head = Cursor(row.try_get("last_cursor")?);
+            heads.insert(owner, (u64::try_from(unread).unwrap_or(0), head));
+        }
+    }
+    for list in newest.values_mut() {
+        list.sort_by_key(|n| std::cmp::Reverse(n.cursor));
+    }
+    Ok(keys
+        .into_iter()
+        .filter_map(|(user, latest)| {
+            let (count, head) = *heads.get(user.as_str())?;
+            let mut list = newest.get(user.as_str()).cloned().unwrap_or_default();
+            list.truncate(latest as usize);
+            let snapshot = UnreadSnapshot {
+                count,
+                head,
+                latest: list,
+            };
+            Some(((user, latest), snapshot))
         })
         .collect())
 }
@@ -910,6 +1000,15 @@ impl Store for SqliteStore {
             .await?
             .unwrap_or((0, 0));
         Ok((u64::try_from(count).unwrap_or(0), Cursor(head)))
+    }
+
+    async fn unread_summary(&self, user: &UserId, latest: u32) -> anyhow::Result<UnreadSnapshot> {
+        let found = look_up(&self.summaries, (user.clone(), latest), "unread summary").await?;
+        Ok(found.unwrap_or(UnreadSnapshot {
+            count: 0,
+            head: Cursor(0),
+            latest: Vec::new(),
+        }))
     }
 
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64> {
