@@ -204,9 +204,10 @@ struct Lookup<K, V> {
 }
 
 /// Answers look-ups in batches: whatever is waiting when a read starts goes into the next one
-/// (up to `max_batch`), a single statement on a single reader connection. A round trip to SQLite's thread per
-/// look-up cost more than the rest of the request under a crowd of them: every queue join reads
-/// the climber's rating, every stream's connect the user's unread count and head.
+/// (up to `max_batch`), a single statement on a single reader connection. A round trip to
+/// SQLite's thread per look-up cost more than the rest of the request under a crowd of them:
+/// every queue join reads the climber's rating, every stream's connect the user's unread count
+/// and head, and, when something is unread, the newest unread notifications.
 async fn lookup_loop<K, V, F, Fut>(
     mut lookups: mpsc::Receiver<Lookup<K, V>>,
     max_batch: usize,
