@@ -51,12 +51,16 @@ test('kill and restart while notifications are sent: each listed exactly once', 
       .observe(document.getElementById('status'), { attributes: true, attributeFilter: ['data-state'] });
   });
 
-  // Every stream request the browser makes, with the cursor it resumes from.
+  // Every stream request the browser makes, in request order, with the cursor it resumes from.
+  // Last-Event-ID is only in the full headers, which can come after the request has started.
   const streams = [];
-  kim.page.on('request', async (req) => {
-    if (new URL(req.url()).pathname === '/v1/events') {
-      const headers = await req.allHeaders();
-      streams.push(headers['last-event-id'] ?? new URL(req.url()).searchParams.get('last_event_id'));
+  kim.page.on('request', (req) => {
+    const url = new URL(req.url());
+    if (url.pathname === '/v1/events') {
+      streams.push(req.allHeaders().then(
+        (h) => h['last-event-id'] ?? url.searchParams.get('last_event_id'),
+        () => url.searchParams.get('last_event_id'),
+      ));
     }
   });
 
@@ -103,8 +107,15 @@ test('kill and restart while notifications are sent: each listed exactly once', 
   assert.deepEqual(listed, [...sent].reverse());
 
   // The stream that finally got through resumed from the last cursor seen before the kill.
-  const resumed = Number(streams.at(-1));
-  assert.ok(resumed >= 10 && resumed < 40, `resumed after ${resumed}; requests: ${streams}`);
+  let timer;
+  const requests = await Promise.race([
+    Promise.all(streams),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('the stream requests\' headers never came')), 10000);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  const resumed = Number(requests.at(-1));
+  assert.ok(resumed >= 10 && resumed < 40, `resumed after ${resumed}; requests: ${requests}`);
   assert.ok(states.includes('reconnecting') || states.includes('offline'), `status went ${states}`);
   assert.equal(states.at(-1), 'connected');
   await screenshot(kim.page, 'restart-all-listed-once');
