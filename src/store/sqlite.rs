@@ -197,6 +197,21 @@ impl<'a> Statements<'a> {
     }
 }
 
+/// Appends `(?, ?, …)`, one bound parameter per value: the list of an `IN`.
+pub(super) fn push_list<'a, T>(
+    qb: &mut QueryBuilder<'a, Sqlite>,
+    values: impl IntoIterator<Item = T>,
+) where
+    T: 'a + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite>,
+{
+    qb.push("(");
+    let mut list = qb.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    qb.push(")");
+}
+
 /// A look-up answered by a batching reader: `None` when there is no row for the key.
 struct Lookup<K, V> {
     key: K,
@@ -279,13 +294,9 @@ async fn unread_heads_of(
     users: Vec<UserId>,
 ) -> anyhow::Result<HashMap<UserId, (i64, i64)>> {
     let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT user_id, unread, last_cursor FROM user_cursors WHERE user_id IN (",
+        "SELECT user_id, unread, last_cursor FROM user_cursors WHERE user_id IN ",
     );
-    let mut list = qb.separated(", ");
-    for user in &users {
-        list.push_bind(user.as_str());
-    }
-    list.push_unseparated(")");
+    push_list(&mut qb, users.iter().map(UserId::as_str));
     let rows = qb
         .build()
         .fetch_all(&pool)
@@ -327,13 +338,9 @@ async fn unread_summaries_of(
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT user_id AS owner, unread, last_cursor, NULL AS id, NULL AS cursor, NULL AS kind, \
          NULL AS data, NULL AS created_at, NULL AS updated_at, NULL AS read_at \
-         FROM user_cursors WHERE user_id IN (",
+         FROM user_cursors WHERE user_id IN ",
     );
-    let mut list = qb.separated(", ");
-    for user in &users {
-        list.push_bind(*user);
-    }
-    list.push_unseparated(")");
+    push_list(&mut qb, users.iter().copied());
     for user in &users {
         qb.push(
             " UNION ALL SELECT * FROM (SELECT user_id AS owner, NULL, NULL, \
@@ -517,13 +524,9 @@ async fn append_in(
     if !seen_keys.is_empty() {
         let ids: Vec<String> = seen_keys.values().map(Uuid::to_string).collect();
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications WHERE id IN ("
+            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications WHERE id IN "
         ));
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
-        qb.push(")");
+        push_list(&mut qb, ids);
         for row in qb.build().fetch_all(&mut **tx).await? {
             let n = notification_from_row(&row)?;
             let user =
@@ -576,13 +579,9 @@ async fn append_in(
     };
     for chunk in users.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT user_id, last_cursor FROM user_cursors WHERE user_id IN (",
+            "SELECT user_id, last_cursor FROM user_cursors WHERE user_id IN ",
         );
-        let mut list = qb.separated(", ");
-        for user in chunk {
-            list.push_bind(user.clone());
-        }
-        qb.push(")");
+        push_list(&mut qb, chunk.iter().cloned());
         for row in qb.build().fetch_all(&mut **tx).await? {
             heads.insert(row.try_get("user_id")?, row.try_get("last_cursor")?);
         }

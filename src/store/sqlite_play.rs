@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::sqlite::Statements;
+use super::sqlite::{Statements, push_list};
 use super::{Change, ChangeOutcome, NewEvent, Settlement};
 use crate::domain::event::Performance;
 use crate::domain::{
@@ -135,12 +135,8 @@ impl<'a> Folded<'a> {
                 );
         }
         for chunk in dropped.chunks(ROWS_PER_STATEMENT) {
-            let query = writes.start("DELETE FROM queue_tickets WHERE user_id IN (");
-            let mut list = query.separated(", ");
-            for (user, _) in chunk {
-                list.push_bind(*user);
-            }
-            query.push(")");
+            let query = writes.start("DELETE FROM queue_tickets WHERE user_id IN ");
+            push_list(query, chunk.iter().map(|(user, _)| *user));
         }
         Ok(())
     }
@@ -566,13 +562,9 @@ pub(super) async fn ratings_of(
     }
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT user_id, discipline, rating, deviation, volatility, matches FROM ratings \
-         WHERE user_id IN (",
+         WHERE user_id IN ",
     );
-    let mut list = qb.separated(", ");
-    for user in users {
-        list.push_bind(*user);
-    }
-    list.push_unseparated(")");
+    push_list(&mut qb, users.iter().copied());
     let rows = qb
         .build()
         .fetch_all(pool)
