@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::adapter::ServerSpec;
 use crate::common::ErrorCount;
 use crate::procfs;
-use crate::worker::{ClimbSpec, Stats, WorkerMsg, WorkerReport, WorkerSpec};
+use crate::worker::{ClimbSpec, ResumeSpec, Stats, WorkerMsg, WorkerReport, WorkerSpec};
 
 /// Most sessions one worker may hold: the 20,000 open-files limit, less room for the HTTP pool,
 /// stdio and the runtime.
@@ -43,6 +43,7 @@ pub struct Shared {
     pub open_timeout_s: u64,
     pub seqs: u64,
     pub climb: Option<ClimbSpec>,
+    pub resume: Option<ResumeSpec>,
 }
 
 /// One spec per client process: `shared` with its own index, source address and share of
@@ -63,6 +64,7 @@ pub fn specs(shared: &Shared, sessions: u32, per_worker: u32) -> Result<Vec<Work
                 open_timeout_s: shared.open_timeout_s,
                 seqs: shared.seqs,
                 climb: shared.climb.clone(),
+                resume: shared.resume.clone(),
             })
         })
         .collect()
@@ -227,6 +229,16 @@ impl Fleet {
     /// Tells climbers to start (matchmaking).
     pub async fn go(&mut self) -> Result<Stats> {
         self.counts("go").await
+    }
+
+    /// Tells every session to close its stream (reconnect).
+    pub async fn away(&mut self) -> Result<Stats> {
+        self.counts("away").await
+    }
+
+    /// Tells every session to reopen its stream with its last cursor (reconnect).
+    pub async fn back(&mut self) -> Result<Stats> {
+        self.counts("back").await
     }
 
     async fn counts(&mut self, command: &str) -> Result<Stats> {

@@ -11,6 +11,7 @@ mod notify;
 mod output;
 mod pair;
 mod procfs;
+mod reconnect;
 mod sessions;
 mod simulate;
 mod worker;
@@ -35,6 +36,10 @@ enum Scenario {
     /// With N sessions open, broadcast events back to back or at a fixed rate; report the time
     /// until every session has each event, frames per second and server CPU per frame.
     Fanout(sessions::FanoutArgs),
+    /// With N sessions open, close them all, store --missed notifications per user, then resume
+    /// them all at once with Last-Event-ID; report the resume rate, the time until each session
+    /// has every missed event, and any event lost, repeated or out of order.
+    Reconnect(reconnect::ReconnectArgs),
     /// Many climbers with open streams join the queue at once, take match_found, press ready
     /// and take match_confirmed; report times, matches per second and double matches.
     Matchmaking(matchmaking::MatchmakingArgs),
@@ -83,6 +88,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Pair(args) => pair::run(args).await,
         Scenario::Connections(args) => sessions::connections(args).await,
         Scenario::Fanout(args) => sessions::fanout(args).await,
+        Scenario::Reconnect(args) => reconnect::run(args).await,
         Scenario::Matchmaking(args) => matchmaking::run(args).await,
         Scenario::Simulate(_) | Scenario::Compare(_) | Scenario::Worker(_) => {
             anyhow::bail!("not an async scenario")

@@ -134,6 +134,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         open_timeout_s: args.open_timeout,
         seqs: 0,
         climb: Some(climb.clone()),
+        resume: None,
     };
     let specs = fleet::specs(&shared, args.climbers, args.per_worker)?;
     eprintln!(

@@ -19,7 +19,7 @@ use crate::common::{self, ErrorCount, ErrorTally, LatencySummary, Target, row};
 use crate::fleet::{self, Fleet};
 use crate::output::{self, Series};
 use crate::procfs::{self, Memory};
-use crate::worker::{Stats, WorkerReport};
+use crate::worker::{ResumeSpec, Stats, WorkerReport};
 
 /// How often delivery progress is polled from the workers.
 const POLL: Duration = Duration::from_millis(100);
@@ -93,20 +93,29 @@ pub struct FanoutArgs {
 }
 
 /// Sessions open, and what it took.
-struct Opened {
-    spec: ServerSpec,
-    api: Client,
-    server_pids: Vec<u32>,
-    fleet: Fleet,
-    workers: usize,
-    memory_idle: Memory,
-    stats: Stats,
-    open_wall_s: f64,
-    server_cpu_open_s: f64,
-    client_cpu_open_s: f64,
+pub(crate) struct Opened {
+    pub spec: ServerSpec,
+    pub api: Client,
+    pub server_pids: Vec<u32>,
+    pub fleet: Fleet,
+    pub workers: usize,
+    pub memory_idle: Memory,
+    pub stats: Stats,
+    pub open_wall_s: f64,
+    pub server_cpu_open_s: f64,
+    pub client_cpu_open_s: f64,
+    /// The run's tag: its users are `lt-<run>-<n>`.
+    pub run: String,
 }
 
-async fn open_all(args: &SessionArgs, seqs: u64, unread: u32) -> Result<Opened> {
+/// Stores `unread` notifications per user (Belay), then opens `args.sessions` sessions over
+/// as many client processes as `per_worker` needs.
+pub(crate) async fn open_all(
+    args: &SessionArgs,
+    seqs: u64,
+    unread: u32,
+    resume: Option<ResumeSpec>,
+) -> Result<Opened> {
     let target = Target::loopback(&args.url)?;
     let api = common::api_client(Duration::from_secs(30), 16)?;
     let spec = ServerSpec::resolve(
@@ -122,7 +131,7 @@ async fn open_all(args: &SessionArgs, seqs: u64, unread: u32) -> Result<Opened> 
         if spec.kind != ServerKind::Belay {
             bail!("--unread needs a Belay server: Nchan stores no notifications per user");
         }
-        store_unread(&api, &spec, &run, args.sessions, unread).await?;
+        store_likes(&api, &spec, &run, args.sessions, unread, "unread").await?;
     }
     let server_pids = fleet::server_pids(&args.server_pids, spec.dest.port())?;
     let memory_idle = procfs::memory(&server_pids);
@@ -133,6 +142,7 @@ async fn open_all(args: &SessionArgs, seqs: u64, unread: u32) -> Result<Opened> 
         open_timeout_s: args.open_timeout,
         seqs,
         climb: None,
+        resume,
     };
     let specs = fleet::specs(&shared, args.sessions, args.per_worker)?;
     eprintln!(
@@ -174,17 +184,19 @@ async fn open_all(args: &SessionArgs, seqs: u64, unread: u32) -> Result<Opened> 
         open_wall_s,
         server_cpu_open_s,
         client_cpu_open_s,
+        run,
     })
 }
 
-/// Stores `per_user` likes for each of the run's `users` before their sessions open, in
-/// requests of up to 100 events, 16 in flight.
-async fn store_unread(
+/// Stores `per_user` likes, of distinct posts `<label>-<k>` so none collapses, for each of the
+/// run's `users`, in requests of up to 100 events, 16 in flight.
+pub(crate) async fn store_likes(
     api: &Client,
     spec: &ServerSpec,
     run: &str,
     users: u32,
     per_user: u32,
+    label: &'static str,
 ) -> Result<()> {
     const PER_REQUEST: usize = 100;
     let url = format!("{}/v1/notify", spec.base.trim_end_matches('/'));
@@ -195,12 +207,12 @@ async fn store_unread(
                 serde_json::json!({
                     "user_id": user,
                     "kind": "post_liked",
-                    "data": { "post_id": format!("unread-{k}"), "by": "loadgen" },
+                    "data": { "post_id": format!("{label}-{k}"), "by": "loadgen" },
                 })
             })
         })
         .collect();
-    let bar = output::bar(events.len() as u64, "storing unread");
+    let bar = output::bar(events.len() as u64, &format!("storing {label}"));
     let sends = events.chunks(PER_REQUEST).map(|chunk| {
         let request = api
             .post(&url)
@@ -211,10 +223,10 @@ async fn store_unread(
             let response = request
                 .send()
                 .await
-                .context("storing unread notifications")?;
+                .with_context(|| format!("storing {label} notifications"))?;
             if !response.status().is_success() {
                 bail!(
-                    "storing unread notifications: {}",
+                    "storing {label} notifications: {}",
                     common::describe_error(response).await
                 );
             }
@@ -535,7 +547,7 @@ pub struct MemoryPerSession {
 }
 
 impl MemoryPerSession {
-    fn new(memory: Memory, idle: Memory, sessions: u64) -> Self {
+    pub(crate) fn new(memory: Memory, idle: Memory, sessions: u64) -> Self {
         Self {
             memory,
             rss_kib_per_session: kib_per_session(memory.rss_kib, idle.rss_kib, sessions),
@@ -543,7 +555,7 @@ impl MemoryPerSession {
         }
     }
 
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         format!(
             "RSS {:.1} MiB = {:.2} KiB/session  (PSS {:.1} MiB = {:.2} KiB/session)",
             self.memory.rss_kib as f64 / 1024.0,
@@ -583,7 +595,7 @@ struct ConnectionsReport {
 
 pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     let common = &args.common;
-    let mut opened = open_all(common, args.burst, args.unread).await?;
+    let mut opened = open_all(common, args.burst, args.unread, None).await?;
     tokio::time::sleep(SETTLE).await;
     let sessions = opened.stats.opened;
     let connected = MemoryPerSession::new(
@@ -738,7 +750,7 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be 0 (back to back) or a positive number");
     }
-    let mut opened = open_all(common, args.broadcasts, 0).await?;
+    let mut opened = open_all(common, args.broadcasts, 0, None).await?;
     let run = broadcast(
         &mut opened,
         args.broadcasts,

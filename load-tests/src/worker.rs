@@ -54,6 +54,15 @@ pub struct WorkerSpec {
     pub seqs: u64,
     /// Set for the matchmaking scenario: each session is a climber.
     pub climb: Option<ClimbSpec>,
+    /// Set for the reconnect scenario: sessions close on `away` and resume on `back`.
+    pub resume: Option<ResumeSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeSpec {
+    /// Stored events each user gets while its session is away; the resumed stream must replay
+    /// exactly these, in cursor order.
+    pub missed: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +99,19 @@ pub struct Stats {
     pub found: u64,
     pub confirmed: u64,
     pub climb_errors: u64,
+    /// Reconnect scenario: sessions closed on `away`, reopened with `Last-Event-ID` on `back`,
+    /// that failed to reopen, and that have received every event they missed.
+    pub away: u64,
+    pub resumed: u64,
+    pub resume_failed: u64,
+    pub caught_up: u64,
+    /// Stored events received after a resume, in order and each once.
+    pub replayed: u64,
+    /// After a resume: stored events received twice, events skipped (a cursor jumped past
+    /// them), and `unread` frames whose count or cursor disagreed with what was missed.
+    pub replay_duplicates: u64,
+    pub replay_skipped: u64,
+    pub unread_mismatches: u64,
 }
 
 impl Stats {
@@ -103,6 +125,14 @@ impl Stats {
         self.found += other.found;
         self.confirmed += other.confirmed;
         self.climb_errors += other.climb_errors;
+        self.away += other.away;
+        self.resumed += other.resumed;
+        self.resume_failed += other.resume_failed;
+        self.caught_up += other.caught_up;
+        self.replayed += other.replayed;
+        self.replay_duplicates += other.replay_duplicates;
+        self.replay_skipped += other.replay_skipped;
+        self.unread_mismatches += other.unread_mismatches;
     }
 }
 
@@ -121,6 +151,9 @@ pub struct WorkerReport {
     pub connects: Vec<(u64, u64)>,
     pub errors: Vec<ErrorCount>,
     pub climbers: Vec<Climber>,
+    /// Per resumed session: (µs since the epoch when it asked to reopen, µs until its `unread`
+    /// frame, µs until it had every missed event; 0 if it never did).
+    pub resumes: Vec<(u64, u64, u64)>,
 }
 
 /// What happened to one climber in the matchmaking scenario.
@@ -149,6 +182,7 @@ struct Tally {
     connects: Vec<(u64, u64)>,
     errors: BTreeMap<String, u64>,
     climbers: Vec<Climber>,
+    resumes: Vec<(u64, u64, u64)>,
 }
 
 impl Tally {
@@ -205,6 +239,7 @@ impl Tally {
                 })
                 .collect(),
             climbers: self.climbers.clone(),
+            resumes: self.resumes.clone(),
         }
     }
 }
@@ -218,6 +253,8 @@ struct Ctx {
     request_permits: Semaphore,
     stop: watch::Receiver<bool>,
     go: watch::Receiver<bool>,
+    away: watch::Receiver<bool>,
+    back: watch::Receiver<bool>,
 }
 
 pub fn main(args: WorkerArgs) -> Result<()> {
@@ -250,6 +287,8 @@ async fn run(spec: WorkerSpec) -> Result<()> {
         .context("building the HTTP client")?;
     let (stop_tx, stop) = watch::channel(false);
     let (go_tx, go) = watch::channel(false);
+    let (away_tx, away) = watch::channel(false);
+    let (back_tx, back) = watch::channel(false);
     let ctx = Rc::new(Ctx {
         tally: RefCell::new(Tally {
             stats: Stats::default(),
@@ -261,6 +300,7 @@ async fn run(spec: WorkerSpec) -> Result<()> {
             connects: Vec::with_capacity(spec.sessions as usize),
             errors: BTreeMap::new(),
             climbers: Vec::new(),
+            resumes: Vec::new(),
         }),
         open_permits: Semaphore::new(spec.open_concurrency.max(1) as usize),
         request_permits: Semaphore::new(concurrency as usize),
@@ -268,6 +308,8 @@ async fn run(spec: WorkerSpec) -> Result<()> {
         api,
         stop,
         go,
+        away,
+        back,
         spec,
     });
     if ctx.spec.climb.is_some() {
@@ -301,6 +343,14 @@ async fn run(spec: WorkerSpec) -> Result<()> {
                 let _ = go_tx.send(true);
                 emit(&WorkerMsg::Stats(ctx.tally.borrow().stats))?;
             }
+            "away" => {
+                let _ = away_tx.send(true);
+                emit(&WorkerMsg::Stats(ctx.tally.borrow().stats))?;
+            }
+            "back" => {
+                let _ = back_tx.send(true);
+                emit(&WorkerMsg::Stats(ctx.tally.borrow().stats))?;
+            }
             "report" => emit(&WorkerMsg::Report(Box::new(ctx.tally.borrow().report())))?,
             "stop" => break,
             other => bail!("unknown command {other:?}"),
@@ -323,9 +373,15 @@ pub fn run_user(run: &str, n: u64) -> String {
 /// One session: open it, then either hold it (counting frames) or play a climber.
 async fn session(ctx: Rc<Ctx>, i: u32) {
     let user = user_id(&ctx.spec, i);
-    let opened = open(&ctx, &user).await;
-    let (mut stream, token, started_us, micros) = match opened {
-        Ok(pair) => pair,
+    let opened = open(&ctx, &user, None).await;
+    let OpenStream {
+        mut stream,
+        token,
+        started_us,
+        micros,
+        unread,
+    } = match opened {
+        Ok(opened) => opened,
         Err(err) => {
             let mut tally = ctx.tally.borrow_mut();
             tally.stats.failed += 1;
@@ -346,6 +402,18 @@ async fn session(ctx: Rc<Ctx>, i: u32) {
         tally.error(format!("climb: {err:#}"));
         if let Some(c) = tally.climbers.get_mut(i as usize) {
             c.error = Some(format!("{err:#}"));
+        }
+    }
+    if let Some(resume) = &ctx.spec.resume {
+        match away_and_back(&ctx, &user, stream, token.as_deref(), unread, resume).await {
+            Ok(Some(resumed)) => stream = resumed,
+            Ok(None) => return,
+            Err(err) => {
+                let mut tally = ctx.tally.borrow_mut();
+                tally.stats.resume_failed += 1;
+                tally.error(format!("resume: {err:#}"));
+                return;
+            }
         }
     }
     // Hold until told to stop, counting frames (and any late match_found).
@@ -374,16 +442,29 @@ async fn session(ctx: Rc<Ctx>, i: u32) {
     }
 }
 
+/// A stream as it opened.
+struct OpenStream {
+    stream: SseStream,
+    token: Option<String>,
+    /// When opening started (µs since the epoch, after the wait for a turn).
+    started_us: u64,
+    /// How long it took (µs).
+    micros: u64,
+    /// Belay's `unread` frame: (count, the cursor it was taken at).
+    unread: Option<(u64, i64)>,
+}
+
 /// Token (Belay), connection, and for Belay the `unread` frame that says the session is live.
-/// Returns the stream, its token, when opening started (µs since the epoch, after the wait for
-/// a turn) and how long it took (µs).
-async fn open(ctx: &Ctx, user: &str) -> Result<(SseStream, Option<String>, u64, u64)> {
+/// A resume reuses the session's token and sends its last cursor as `Last-Event-ID`.
+async fn open(ctx: &Ctx, user: &str, resume: Option<(&str, i64)>) -> Result<OpenStream> {
     let _permit = ctx.open_permits.acquire().await.context("open limiter")?;
     let started_us = adapter::now_us();
     let started = Instant::now();
     let spec = &ctx.spec;
     timeout(Duration::from_secs(spec.open_timeout_s), async {
-        let token = if spec.server.needs_tokens() {
+        let token = if let Some((token, _)) = resume {
+            Some(token.to_owned())
+        } else if spec.server.needs_tokens() {
             let key = &spec.server.api_key;
             // One retry: a pooled keep-alive connection may be closed by the server just as
             // it is reused, which fails the request without it having been handled.
@@ -395,15 +476,20 @@ async fn open(ctx: &Ctx, user: &str) -> Result<(SseStream, Option<String>, u64, 
         } else {
             None
         };
-        let request = spec
+        let mut request = spec
             .server
             .stream_request(token.as_deref(), Some(spec.source));
+        if let Some((_, cursor)) = resume {
+            request.headers.push(format!("Last-Event-ID: {cursor}"));
+        }
         let mut stream = SseStream::open(&request).await?;
+        let mut unread = None;
         if spec.server.waits_for_open_frame() {
             let server = &spec.server;
             let end = stream
                 .frames(|frame| {
                     if server.is_open_frame(frame) {
+                        unread = unread_of(frame);
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
@@ -414,10 +500,142 @@ async fn open(ctx: &Ctx, user: &str) -> Result<(SseStream, Option<String>, u64, 
                 bail!("stream closed before its first event");
             }
         }
-        Ok((stream, token, started_us, micros(started.elapsed())))
+        Ok(OpenStream {
+            stream,
+            token,
+            started_us,
+            micros: micros(started.elapsed()),
+            unread,
+        })
     })
     .await
     .with_context(|| format!("not open within {} s", spec.open_timeout_s))?
+}
+
+/// The count and cursor of an `unread` frame.
+fn unread_of(frame: &[u8]) -> Option<(u64, i64)> {
+    let data: Value = serde_json::from_slice(lean::field(frame, b"data")?).ok()?;
+    Some((data.get("count")?.as_u64()?, data.get("cursor")?.as_i64()?))
+}
+
+/// The cursor of a stored event's frame (its `id`).
+fn cursor_of(frame: &[u8]) -> Option<i64> {
+    std::str::from_utf8(lean::field(frame, b"id")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reconnect scenario: hold the stream, following its cursor, until `away`; close it; wait for
+/// `back`; reopen with `Last-Event-ID` and read until every missed event has arrived, checking
+/// the `unread` frame, order and duplicates on the way. Returns the resumed stream to hold, or
+/// `None` if the first stream ended before `away` (counted as dropped).
+async fn away_and_back(
+    ctx: &Ctx,
+    user: &str,
+    mut stream: SseStream,
+    token: Option<&str>,
+    first_unread: Option<(u64, i64)>,
+    resume: &ResumeSpec,
+) -> Result<Option<SseStream>> {
+    let (unread_before, mut position) = first_unread.unwrap_or((0, 0));
+    let mut away = ctx.away.clone();
+    let ended = tokio::select! {
+        _ = away.wait_for(|a| *a) => None,
+        ended = stream.frames(|frame| {
+            ctx.tally.borrow_mut().on_frame(frame);
+            if let Some(cursor) = cursor_of(frame) {
+                position = position.max(cursor);
+            }
+            ControlFlow::Continue(())
+        }) => Some(ended),
+    };
+    if let Some(ended) = ended {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.dropped += 1;
+        let why = match ended {
+            Ok(_) => "server closed the stream".to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
+        tally.error(format!("dropped before away: {why}"));
+        return Ok(None);
+    }
+    drop(stream);
+    ctx.tally.borrow_mut().stats.away += 1;
+    let mut back = ctx.back.clone();
+    back.wait_for(|b| *b).await.context("waiting for back")?;
+    let token = token.context("a resume needs the session's token (Belay only)")?;
+    let opened = open(ctx, user, Some((token, position))).await?;
+    let target = position + i64::from(resume.missed);
+    {
+        let mut tally = ctx.tally.borrow_mut();
+        tally.stats.resumed += 1;
+        // Nothing was read meanwhile: the badge counts what was unread plus every missed event,
+        // taken at a cursor at or past the last of them.
+        let expected = unread_before + u64::from(resume.missed);
+        if !matches!(opened.unread, Some((count, cursor)) if count == expected && cursor >= target)
+        {
+            tally.stats.unread_mismatches += 1;
+            tally.error(format!(
+                "unread frame {:?}, expected count {expected} at a cursor >= {target}",
+                opened.unread
+            ));
+        }
+    }
+    let mut stream = opened.stream;
+    let (mut next, mut replayed, mut duplicates, mut skipped) = (position + 1, 0u64, 0u64, 0u64);
+    let read = if next > target {
+        Ok(Ok(End::Stopped))
+    } else {
+        timeout(
+            Duration::from_secs(ctx.spec.open_timeout_s),
+            stream.frames(|frame| {
+                ctx.tally.borrow_mut().on_frame(frame);
+                if let Some(cursor) = cursor_of(frame) {
+                    if cursor == next {
+                        next += 1;
+                        replayed += 1;
+                    } else if cursor < next {
+                        duplicates += 1;
+                    } else {
+                        skipped += u64::try_from(cursor - next).unwrap_or(0);
+                        next = cursor + 1;
+                    }
+                }
+                if next > target {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }),
+        )
+        .await
+    };
+    let caught_up_us = adapter::now_us().saturating_sub(opened.started_us);
+    let mut tally = ctx.tally.borrow_mut();
+    tally.stats.replayed += replayed;
+    tally.stats.replay_duplicates += duplicates;
+    tally.stats.replay_skipped += skipped;
+    let outcome = match read {
+        Ok(Ok(End::Stopped)) => Ok(()),
+        Ok(Ok(End::Closed)) => Err(anyhow::anyhow!("stream closed during the replay")),
+        Ok(Err(err)) => Err(err.context("reading the replay")),
+        Err(_) => Err(anyhow::anyhow!(
+            "not caught up within {} s",
+            ctx.spec.open_timeout_s
+        )),
+    };
+    let caught = outcome.is_ok();
+    tally.resumes.push((
+        opened.started_us,
+        opened.micros,
+        if caught { caught_up_us.max(1) } else { 0 },
+    ));
+    if caught {
+        tally.stats.caught_up += 1;
+    }
+    drop(tally);
+    outcome.map(|()| Some(stream))
 }
 
 /// The next frame of one of `kinds`: its kind and parsed data. Frames of other kinds are only
