@@ -15,7 +15,7 @@ use actix::{
 };
 
 use super::hub::{Registry, SessionEntry};
-use crate::domain::{Cursor, UnreadSummary, UserId};
+use crate::domain::{Cursor, Notification, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::{Offer, Outbox, Release, frame};
 use crate::store::Store;
@@ -206,6 +206,15 @@ impl CatchUpJob {
             Some(cursor) if cursor <= head => cursor,
             _ => head,
         };
+        // A client that missed only unread events, all among the newest the summary carries
+        // (a short disconnect), is replayed from the summary instead of reading them again.
+        let replay = match latest.as_deref().and_then(|l| covered(l, start, head)) {
+            Some(events) => events
+                .into_iter()
+                .map(|event| Ok((event.cursor, frame::user_event(event)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let summary = frame::unread(&UnreadSummary {
             count,
             cursor: Some(head),
@@ -214,7 +223,13 @@ impl CatchUpJob {
         let mut outbox = self.outbox.borrow_mut();
         outbox.push_direct(summary);
         outbox.start_from(start);
-        Ok(start < head)
+        // With no room for all of them, the paged replay below waits for room instead.
+        if replay.len() <= outbox.room() {
+            for (cursor, event) in replay {
+                outbox.push_replayed(cursor, event);
+            }
+        }
+        Ok(outbox.last() < head)
     }
 
     /// Replays from the outbox's last cursor until the store has nothing newer, waiting for room
@@ -251,6 +266,19 @@ impl CatchUpJob {
             }
         }
     }
+}
+
+/// The events after `start` up to `head`, oldest first, when `latest` (newest first, every one at
+/// or below `head`) holds all of them; `None` when one is missing (read, or moved by a collapse)
+/// or there is nothing to replay.
+fn covered(latest: &[Notification], start: Cursor, head: Cursor) -> Option<Vec<&Notification>> {
+    let wanted = usize::try_from(head.0 - start.0).ok().filter(|&n| n > 0)?;
+    let mut newer: Vec<&Notification> = latest.iter().take_while(|n| n.cursor > start).collect();
+    if newer.len() != wanted || newer.iter().any(|n| n.cursor > head) {
+        return None;
+    }
+    newer.reverse();
+    Some(newer)
 }
 
 /// Caps open sessions per user on this node. Touched on connect and disconnect only.
@@ -303,6 +331,51 @@ impl Drop for SessionPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unread_at(cursor: i64) -> Notification {
+        Notification {
+            id: uuid::Uuid::now_v7(),
+            cursor: Cursor(cursor),
+            event: crate::domain::Event::PostLiked(crate::domain::PostLiked::new(
+                crate::domain::PostId::parse(format!("p{cursor}")).unwrap(),
+                UserId::parse("bob").unwrap(),
+            )),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            read: false,
+        }
+    }
+
+    fn cursors(events: Option<Vec<&Notification>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|n| n.cursor.0).collect())
+    }
+
+    #[test]
+    fn a_summary_covers_a_resume_only_when_it_holds_every_missed_cursor() {
+        // Newest first, as the summary lists them.
+        let latest: Vec<Notification> = [9, 8, 7, 6, 4].into_iter().map(unread_at).collect();
+        assert_eq!(
+            cursors(covered(&latest, Cursor(6), Cursor(9))),
+            Some(vec![7, 8, 9]),
+            "oldest first"
+        );
+        assert_eq!(
+            cursors(covered(&latest, Cursor(5), Cursor(9))),
+            Some(vec![6, 7, 8, 9])
+        );
+        assert_eq!(
+            covered(&latest, Cursor(4), Cursor(9)),
+            None,
+            "5 is read or moved: read the store"
+        );
+        assert_eq!(
+            covered(&latest, Cursor(2), Cursor(9)),
+            None,
+            "more missed than listed"
+        );
+        assert_eq!(covered(&latest, Cursor(9), Cursor(9)), None, "at the head");
+        assert_eq!(covered(&[], Cursor(3), Cursor(4)), None);
+    }
 
     #[test]
     fn the_limiter_caps_sessions_per_user_and_frees_slots_on_drop() {

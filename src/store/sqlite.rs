@@ -212,6 +212,15 @@ pub(super) fn push_list<'a, T>(
     qb.push(")");
 }
 
+/// The keys of a batched look-up, padded with `""` (no user's id) to a power of two: the look-up
+/// statements then take a handful of shapes, which stay prepared in each reader's statement
+/// cache, instead of one shape per batch size to parse again and again.
+pub(super) fn padded<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut padded = keys.to_vec();
+    padded.resize(keys.len().max(1).next_power_of_two(), "");
+    padded
+}
+
 /// A look-up answered by a batching reader: `None` when there is no row for the key.
 struct Lookup<K, V> {
     key: K,
@@ -296,7 +305,8 @@ async fn unread_heads_of(
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT user_id, unread, last_cursor FROM user_cursors WHERE user_id IN ",
     );
-    push_list(&mut qb, users.iter().map(UserId::as_str));
+    let keys: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    push_list(&mut qb, padded(&keys));
     let rows = qb
         .build()
         .fetch_all(&pool)
@@ -334,6 +344,7 @@ async fn unread_summaries_of(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    let users = padded(&users);
     // The users' rows of `user_cursors`, then each user's newest unread: one compound statement.
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT user_id AS owner, unread, last_cursor, NULL AS id, NULL AS cursor, NULL AS kind, \
@@ -356,7 +367,6 @@ async fn unread_summaries_of(
     }
     let rows = qb
         .build()
-        .persistent(users.len() <= MAX_CACHED_STATEMENTS)
         .fetch_all(&pool)
         .await
         .context("reading unread summaries")?;
@@ -1081,6 +1091,15 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_up_keys_are_padded_to_a_power_of_two_with_no_users_id() {
+        assert_eq!(padded(&["a"]), ["a"]);
+        assert_eq!(padded(&["a", "b", "c"]), ["a", "b", "c", ""]);
+        assert_eq!(padded(&["a"; 5]).len(), 8);
+        assert_eq!(padded(&["a"; 32]).len(), 32);
+        assert!(UserId::parse("").is_err(), "no user has the padding's id");
+    }
 
     /// A group's writes go to SQLite in one round trip; a statement that fails late in it
     /// (here the events' rows, after the climbers' rows) leaves nothing of the group behind.

@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::sqlite::{Statements, push_list};
+use super::sqlite::{Statements, padded, push_list};
 use super::{Change, ChangeOutcome, NewEvent, Settlement};
 use crate::domain::event::Performance;
 use crate::domain::{
@@ -564,7 +564,7 @@ pub(super) async fn ratings_of(
         "SELECT user_id, discipline, rating, deviation, volatility, matches FROM ratings \
          WHERE user_id IN ",
     );
-    push_list(&mut qb, users.iter().copied());
+    push_list(&mut qb, padded(users));
     let rows = qb
         .build()
         .fetch_all(pool)

@@ -95,6 +95,45 @@ async fn resume_with_last_event_id_replays_missed_events_once_in_order() {
 }
 
 #[actix_web::test]
+async fn resume_past_read_and_collapsed_events_replays_what_is_stored_after_the_cursor() {
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=4 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    // 1..=3 read; a second like of p4 moves it from cursor 4 to 5.
+    app.mark_read(&token, json!({"up_to": 3})).await;
+    app.like("ana", "p4", "carl").await;
+
+    // Missed 2, 3 (read) and 5 (unread): the summary lists only 5, so the store is read.
+    let mut resumed = app.open_stream(&token, Some("1")).await;
+    let unread = data(&resumed.expect().await);
+    assert_eq!(
+        (unread["count"].as_i64(), unread["cursor"].as_i64()),
+        (Some(1), Some(5))
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(resumed.expect().await.id);
+    }
+    assert_eq!(ids, ["2", "3", "5"]);
+    assert!(resumed.is_quiet_for(Duration::from_millis(200)).await);
+
+    // Missed only 5, which the summary lists: the same frame, once.
+    let mut short = app.open_stream(&token, Some("4")).await;
+    assert_eq!(short.expect().await.event, "unread");
+    let replayed = short.expect().await;
+    assert_eq!(
+        (replayed.id.as_str(), replayed.event.as_str()),
+        ("5", "post_liked")
+    );
+    assert_eq!(data(&replayed)["data"]["count"], 2, "the collapsed like");
+    app.like("ana", "p6", "bob").await;
+    assert_eq!(short.expect().await.id, "6", "then live events follow");
+    assert!(short.is_quiet_for(Duration::from_millis(200)).await);
+}
+
+#[actix_web::test]
 async fn resume_also_works_with_the_last_event_id_query_parameter() {
     let app = spawn_app().await;
     let token = app.token("ana").await;
