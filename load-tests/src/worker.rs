@@ -768,3 +768,19 @@ async fn post(ctx: &Ctx, token: &str, path: &str, body: Value) -> Result<()> {
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_position_comes_from_the_unread_frame_or_a_stored_events_id() {
+        let unread = b"event: unread\ndata: {\"count\":2,\"cursor\":7,\"latest\":[]}";
+        assert_eq!(unread_of(unread), Some((2, 7)));
+        assert_eq!(cursor_of(unread), None, "the summary has no id");
+        let event = b"id: 8\nevent: post_liked\ndata: {\"cursor\":8}";
+        assert_eq!(cursor_of(event), Some(8));
+        assert_eq!(unread_of(b"event: unread\ndata: {\"count\":2}"), None);
+        assert_eq!(cursor_of(b"event: new_post\ndata: {}"), None, "a broadcast");
+    }
+}
