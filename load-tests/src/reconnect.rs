@@ -18,7 +18,7 @@ use crate::fleet;
 use crate::output;
 use crate::procfs::{self, Memory};
 use crate::sessions::{self, MemoryPerSession, SessionArgs};
-use crate::worker::{ResumeSpec, Stats, WorkerReport};
+use crate::worker::{Resume, ResumeSpec, Stats, WorkerReport};
 
 /// How often progress is polled from the workers.
 const POLL: Duration = Duration::from_millis(100);
@@ -54,9 +54,12 @@ struct ReconnectReport {
     sessions_caught_up: u64,
     resume_wall_s: f64,
     resume_rate_per_s: f64,
-    /// Request until the `unread` frame, and until the last missed event, per session.
+    /// Per session: request until the `unread` frame, and until the last missed event; storm
+    /// start until the last missed event (this one also counts the wait for a turn to reopen,
+    /// `--open-concurrency` per client process).
     resume_latency: LatencySummary,
     caught_up_latency: LatencySummary,
+    since_storm_latency: LatencySummary,
     events_replayed: u64,
     events_expected: u64,
     replayed_per_s: f64,
@@ -146,7 +149,7 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
     let reports = opened.fleet.reports().await?;
     let stats = opened.fleet.stats().await?;
     opened.fleet.stop().await;
-    let (resume_hist, caught_hist, samples) = resume_latency(&reports)?;
+    let times = storm_times(&reports)?;
     let expected = away.away * u64::from(args.missed);
     let report = ReconnectReport {
         scenario: "reconnect",
@@ -164,8 +167,9 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
         sessions_caught_up: stats.caught_up,
         resume_wall_s,
         resume_rate_per_s: stats.resumed as f64 / resume_wall_s.max(1e-9),
-        resume_latency: LatencySummary::from_micros(&resume_hist),
-        caught_up_latency: LatencySummary::from_micros(&caught_hist),
+        resume_latency: LatencySummary::from_micros(&times.to_unread),
+        caught_up_latency: LatencySummary::from_micros(&times.to_caught_up),
+        since_storm_latency: LatencySummary::from_micros(&times.since_storm),
         events_replayed: stats.replayed,
         events_expected: expected,
         replayed_per_s: stats.replayed as f64 / resume_wall_s.max(1e-9),
@@ -222,6 +226,10 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
     row("to the unread frame ms", report.resume_latency.display());
     row("to the last missed ms", report.caught_up_latency.display());
     row(
+        "storm to last missed ms",
+        report.since_storm_latency.display(),
+    );
+    row(
         "replayed",
         format!(
             "{} of {}  ({:.0} events/s)  duplicates {}  skipped {}  unread frames wrong {}",
@@ -266,11 +274,12 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
     );
     let svg = output::plot(
         &title,
-        "seconds since the first resume",
-        &output::binned("caught up", &samples, 100),
+        "seconds since the storm began (when each session asked to reopen)",
+        &output::binned("storm to caught up", &times.samples, 100),
         &[
-            output::spectrum("unread frame", &resume_hist),
-            output::spectrum("caught up", &caught_hist),
+            output::spectrum("request to unread frame", &times.to_unread),
+            output::spectrum("request to caught up", &times.to_caught_up),
+            output::spectrum("storm to caught up", &times.since_storm),
         ],
     );
     output::write(common.out.as_deref(), "reconnect", &report, &svg)
@@ -307,30 +316,42 @@ async fn wait(
 
 type Samples = Vec<(f64, f64)>;
 
-/// Histograms of the time to the `unread` frame and to the last missed event (µs), and the
-/// catch-up time (ms) over seconds since the first resume.
-fn resume_latency(reports: &[WorkerReport]) -> Result<(Histogram<u64>, Histogram<u64>, Samples)> {
-    let mut opened =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).context("creating a histogram")?;
-    let mut caught = opened.clone();
-    let first = reports
-        .iter()
-        .flat_map(|r| r.resumes.iter().map(|c| c.0))
-        .min()
-        .unwrap_or(0);
-    let mut samples = Vec::new();
-    for &(start, open_us, caught_us) in reports.iter().flat_map(|r| &r.resumes) {
-        opened.saturating_record(open_us.max(1));
-        if caught_us > 0 {
-            caught.saturating_record(caught_us);
-            samples.push((
-                start.saturating_sub(first) as f64 / 1e6,
-                caught_us as f64 / 1e3,
+/// Per-session times of a storm, µs: request to `unread` frame, request to the last missed
+/// event, and storm start to the last missed event (which also counts the wait for a turn to
+/// reopen); and that last time (ms) over seconds since the storm began.
+struct StormTimes {
+    to_unread: Histogram<u64>,
+    to_caught_up: Histogram<u64>,
+    since_storm: Histogram<u64>,
+    samples: Samples,
+}
+
+fn storm_times(reports: &[WorkerReport]) -> Result<StormTimes> {
+    let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3);
+    let mut times = StormTimes {
+        to_unread: hist().context("creating a histogram")?,
+        to_caught_up: hist().context("creating a histogram")?,
+        since_storm: hist().context("creating a histogram")?,
+        samples: Vec::new(),
+    };
+    let resumes: Vec<&Resume> = reports.iter().flat_map(|r| &r.resumes).collect();
+    let storm = resumes.iter().map(|r| r.storm_us).min().unwrap_or(0);
+    for r in resumes {
+        times.to_unread.saturating_record(r.to_unread_us.max(1));
+        if r.caught_up_us > 0 {
+            times
+                .to_caught_up
+                .saturating_record(r.caught_up_us.saturating_sub(r.asked_us).max(1));
+            let since = r.caught_up_us.saturating_sub(storm).max(1);
+            times.since_storm.saturating_record(since);
+            times.samples.push((
+                r.asked_us.saturating_sub(storm) as f64 / 1e6,
+                since as f64 / 1e3,
             ));
         }
     }
-    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok((opened, caught, samples))
+    times.samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(times)
 }
 
 #[cfg(test)]
@@ -338,15 +359,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_latency_counts_only_sessions_that_caught_up() -> Result<()> {
+    fn storm_times_count_from_the_request_and_from_the_storm() -> Result<()> {
+        let at = |asked_us, to_unread_us, caught_up_us| Resume {
+            storm_us: 1_000_000,
+            asked_us,
+            to_unread_us,
+            caught_up_us,
+        };
         let report = WorkerReport {
-            resumes: vec![(1_000_000, 2_000, 5_000), (1_500_000, 3_000, 0)],
+            resumes: vec![
+                at(1_000_000, 2_000, 1_005_000),
+                at(1_500_000, 3_000, 1_520_000),
+                at(1_600_000, 3_000, 0),
+            ],
             ..WorkerReport::default()
         };
-        let (opened, caught, samples) = resume_latency(&[report])?;
-        assert_eq!(opened.len(), 2);
-        assert_eq!(caught.len(), 1);
-        assert_eq!(samples, vec![(0.0, 5.0)]);
+        let times = storm_times(&[report])?;
+        assert_eq!(times.to_unread.len(), 3);
+        assert_eq!(times.to_caught_up.len(), 2, "only those that caught up");
+        let max = |h: &Histogram<u64>, want| h.equivalent(h.max(), want);
+        assert!(max(&times.to_caught_up, 20_000), "from its own request");
+        assert!(max(&times.since_storm, 520_000), "from the storm's start");
+        assert_eq!(times.samples, vec![(0.0, 5.0), (0.5, 520.0)]);
         Ok(())
     }
 }

@@ -151,9 +151,20 @@ pub struct WorkerReport {
     pub connects: Vec<(u64, u64)>,
     pub errors: Vec<ErrorCount>,
     pub climbers: Vec<Climber>,
-    /// Per resumed session: (µs since the epoch when it asked to reopen, µs until its `unread`
-    /// frame, µs until it had every missed event; 0 if it never did).
-    pub resumes: Vec<(u64, u64, u64)>,
+    pub resumes: Vec<Resume>,
+}
+
+/// One session's resume in the reconnect scenario.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    /// When the session was told to come back, µs since the epoch (the same moment for all).
+    pub storm_us: u64,
+    /// When it began to reopen, after waiting for a turn, µs since the epoch.
+    pub asked_us: u64,
+    /// µs from `asked_us` to its `unread` frame.
+    pub to_unread_us: u64,
+    /// When it had every event it missed, µs since the epoch; 0 if it never did.
+    pub caught_up_us: u64,
 }
 
 /// What happened to one climber in the matchmaking scenario.
@@ -182,7 +193,7 @@ struct Tally {
     connects: Vec<(u64, u64)>,
     errors: BTreeMap<String, u64>,
     climbers: Vec<Climber>,
-    resumes: Vec<(u64, u64, u64)>,
+    resumes: Vec<Resume>,
 }
 
 impl Tally {
@@ -564,6 +575,7 @@ async fn away_and_back(
     ctx.tally.borrow_mut().stats.away += 1;
     let mut back = ctx.back.clone();
     back.wait_for(|b| *b).await.context("waiting for back")?;
+    let storm_us = adapter::now_us();
     let token = token.context("a resume needs the session's token (Belay only)")?;
     let opened = open(ctx, user, Some((token, position))).await?;
     let target = position + i64::from(resume.missed);
@@ -611,7 +623,7 @@ async fn away_and_back(
         )
         .await
     };
-    let caught_up_us = adapter::now_us().saturating_sub(opened.started_us);
+    let caught_up_us = adapter::now_us();
     let mut tally = ctx.tally.borrow_mut();
     tally.stats.replayed += replayed;
     tally.stats.replay_duplicates += duplicates;
@@ -626,11 +638,12 @@ async fn away_and_back(
         )),
     };
     let caught = outcome.is_ok();
-    tally.resumes.push((
-        opened.started_us,
-        opened.micros,
-        if caught { caught_up_us.max(1) } else { 0 },
-    ));
+    tally.resumes.push(Resume {
+        storm_us,
+        asked_us: opened.started_us,
+        to_unread_us: opened.micros,
+        caught_up_us: if caught { caught_up_us } else { 0 },
+    });
     if caught {
         tally.stats.caught_up += 1;
     }
