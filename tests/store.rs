@@ -562,3 +562,40 @@ async fn unread_summaries_read_at_once_each_hold_their_own_users_newest_unread()
         }
     }
 }
+
+#[tokio::test]
+async fn replay_pages_read_at_once_each_hold_their_own_users_events_after_their_cursor() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        // r{n} has n likes, at cursors 1..=n; r0 and the users from r20 have none.
+        for n in 1..20i64 {
+            let who = format!("r{n}");
+            let likes: Vec<_> = (0..n).map(|i| like(&who, &format!("p{i}"), "x")).collect();
+            store.append(likes).await.unwrap();
+        }
+        // Every user with several cursors and limits, and some pages asked twice.
+        let asked: Vec<(i64, i64, u32)> = (0..3)
+            .flat_map(|round| {
+                (0..24).map(move |n| (n, (n + round * 3) % 7, [3, 50, 3][round as usize]))
+            })
+            .chain((0..6).map(|n| (n, 1, 3)))
+            .collect();
+        let users: Vec<_> = asked.iter().map(|(n, ..)| user(&format!("r{n}"))).collect();
+        let pages = futures_util::future::join_all(
+            users
+                .iter()
+                .zip(&asked)
+                .map(|(who, (_, after, limit))| store.events_after(who, Cursor(*after), *limit)),
+        )
+        .await;
+        for ((n, after, limit), page) in asked.iter().zip(pages) {
+            let head = if *n < 20 { *n } else { 0 };
+            let cursors: Vec<i64> = page.unwrap().iter().map(|e| e.cursor.0).collect();
+            let expected: Vec<i64> = (after + 1..=head.min(after + i64::from(*limit))).collect();
+            assert_eq!(
+                cursors, expected,
+                "{name}: r{n} after {after} limit {limit}"
+            );
+        }
+    }
+}

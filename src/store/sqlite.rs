@@ -244,13 +244,27 @@ async fn lookup_loop<K, V, F, Fut>(
 {
     let mut batch = Vec::with_capacity(max_batch);
     while lookups.recv_many(&mut batch, max_batch).await > 0 {
-        let keys: HashSet<K> = batch.iter().map(|l| l.key.clone()).collect();
-        let found = read(keys.into_iter().collect())
+        // How many look-ups ask for each key: the last one takes the answer, the others a copy.
+        let mut asking: HashMap<K, usize> = HashMap::with_capacity(batch.len());
+        for lookup in &batch {
+            *asking.entry(lookup.key.clone()).or_default() += 1;
+        }
+        let mut found = read(asking.keys().cloned().collect())
             .await
             .map_err(|e| format!("{e:#}"));
         for lookup in batch.drain(..) {
-            let answer = match &found {
-                Ok(rows) => Ok(rows.get(&lookup.key).cloned()),
+            let answer = match &mut found {
+                Ok(rows) => {
+                    let left = asking.get_mut(&lookup.key).map_or(0, |n| {
+                        *n -= 1;
+                        *n
+                    });
+                    Ok(if left == 0 {
+                        rows.remove(&lookup.key)
+                    } else {
+                        rows.get(&lookup.key).cloned()
+                    })
+                }
                 Err(error) => Err(String::clone(error)),
             };
             let _ = lookup.reply.send(answer);
