@@ -52,6 +52,7 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub workers: usize,
+    pub listen_backlog: u32,
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
     pub cors_allowed_origins: Vec<String>,
@@ -140,6 +141,10 @@ impl Settings {
         anyhow::ensure!(
             mm.max_leaderboard_page > 0,
             "matchmaking.max_leaderboard_page must be positive"
+        );
+        anyhow::ensure!(
+            (1..=65_535).contains(&self.server.listen_backlog),
+            "server.listen_backlog must be between 1 and 65535"
         );
         anyhow::ensure!(
             self.sse.queue_capacity >= 4,
@@ -281,6 +286,15 @@ mod tests {
         assert!(s.database.url.starts_with("sqlite://data/"));
         assert!(s.auth.dev_tokens);
         assert_eq!(s.sse.max_sessions_per_user, 8);
+        assert_eq!(s.server.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn a_listen_backlog_outside_1_to_65535_is_refused() {
+        for bad in ["0", "65536"] {
+            let env = HashMap::from([("BELAY__SERVER__LISTEN_BACKLOG".to_owned(), bad.to_owned())]);
+            assert!(Settings::load_with_env(None, Some(env)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (tests bind port 0).
 
 use std::cell::RefCell;
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +61,9 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let hubs = Arc::new(HubSet::default());
         let frames = StaticFrames::new(Duration::from_millis(settings.sse.retry_ms))?;
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .with_context(|| {
-                format!("binding {}:{}", settings.server.host, settings.server.port)
-            })?;
+        let at = &settings.server;
+        let listener = bind(&at.host, at.port, at.listen_backlog)
+            .with_context(|| format!("binding {}:{}", at.host, at.port))?;
         let port = listener.local_addr()?.port();
 
         let notifier = Notifier::new(store.clone(), hubs.clone(), metrics.clone());
@@ -174,6 +173,34 @@ const CORS_MAX_AGE_SECS: usize = 3600;
 
 /// Browser access from other origins: the user endpoints and streams (with cookies). The host
 /// API key is not an allowed header: host calls are server to server.
+/// A listening socket on the first of `host`'s addresses that binds, as `TcpListener::bind`
+/// would open it (address reuse on), but with a queue of `backlog` connections waiting to be
+/// accepted instead of the standard library's 128: a storm of reconnects after a restart would
+/// overflow that, and the kernel drops a connect that finds the queue full (the client retries a
+/// second later).
+fn bind(host: &str, port: u16, backlog: u32) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let backlog = i32::try_from(backlog).context("listen backlog")?;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let open = || -> std::io::Result<TcpListener> {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(backlog)?;
+            Ok(socket.into())
+        };
+        match open() {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.map_or_else(
+        || anyhow::anyhow!("{host} has no address"),
+        anyhow::Error::from,
+    ))
+}
+
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST", "PUT", "DELETE"])
@@ -233,5 +260,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel keeps up to `backlog` connections waiting for `accept`; a connect beyond that
+    /// gets no answer. Nothing accepts here, so every connect must fit in the queue.
+    #[tokio::test]
+    async fn the_listener_queues_as_many_connects_as_its_backlog() {
+        let listener = bind("127.0.0.1", 0, 512).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| {
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        });
+        let done = futures_util::future::join_all(connects).await;
+        let queued = done.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(queued, 300, "connects queued before any accept");
+        drop(listener);
+    }
+
+    #[test]
+    fn a_host_without_addresses_is_an_error() {
+        assert!(bind("no-such-host.invalid", 0, 16).is_err());
     }
 }
