@@ -443,14 +443,19 @@ async fn session(ctx: Rc<Ctx>, i: u32) {
         }) => Some(ended),
     };
     if let Some(ended) = ended {
-        let mut tally = ctx.tally.borrow_mut();
-        tally.stats.dropped += 1;
-        let why = match ended {
-            Ok(_) => "server closed the stream".to_owned(),
-            Err(err) => format!("{err:#}"),
-        };
-        tally.error(format!("dropped: {why}"));
+        count_drop(&ctx, ended, "dropped");
     }
+}
+
+/// Counts a stream that ended before the run told it to: the server closed it, or it failed.
+fn count_drop(ctx: &Ctx, ended: Result<End>, what: &str) {
+    let mut tally = ctx.tally.borrow_mut();
+    tally.stats.dropped += 1;
+    let why = match ended {
+        Ok(_) => "server closed the stream".to_owned(),
+        Err(err) => format!("{err:#}"),
+    };
+    tally.error(format!("{what}: {why}"));
 }
 
 /// A stream as it opened.
@@ -562,13 +567,7 @@ async fn away_and_back(
         }) => Some(ended),
     };
     if let Some(ended) = ended {
-        let mut tally = ctx.tally.borrow_mut();
-        tally.stats.dropped += 1;
-        let why = match ended {
-            Ok(_) => "server closed the stream".to_owned(),
-            Err(err) => format!("{err:#}"),
-        };
-        tally.error(format!("dropped before away: {why}"));
+        count_drop(ctx, ended, "dropped before away");
         return Ok(None);
     }
     drop(stream);
