@@ -189,9 +189,10 @@ struct CatchUpJob {
 
 impl CatchUpJob {
     /// On connect: the `unread` summary, then where the replay starts. A cursor beyond the
-    /// user's head (a client of a reset database) restarts at the head. Returns whether there is
-    /// anything to replay: nothing when the stream starts at the head, since the head was read
-    /// after the session subscribed, so every later event reaches it live.
+    /// user's head (a client of a reset database) restarts at the head. Returns whether the
+    /// store must still be read for a replay: not when the stream starts at the head, since the
+    /// head was read after the session subscribed, so every later event reaches it live; nor when
+    /// the summary held every missed event and they were queued from it.
     async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<bool> {
         // Most connects find nothing unread and need only the count; otherwise one snapshot gives
         // the count, the head and the newest unread at or below it, all in agreement.
