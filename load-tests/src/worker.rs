@@ -415,9 +415,15 @@ async fn session(ctx: Rc<Ctx>, i: u32) {
             c.error = Some(format!("{err:#}"));
         }
     }
+    // After a resume: the last cursor it had to replay. Nothing new is stored after the storm,
+    // so a stored event at or below it arriving later is one replayed twice.
+    let mut replayed_up_to = None;
     if let Some(resume) = &ctx.spec.resume {
         match away_and_back(&ctx, &user, stream, token.as_deref(), unread, resume).await {
-            Ok(Some(resumed)) => stream = resumed,
+            Ok(Some((resumed, last))) => {
+                stream = resumed;
+                replayed_up_to = Some(last);
+            }
             Ok(None) => return,
             Err(err) => {
                 let mut tally = ctx.tally.borrow_mut();
@@ -438,6 +444,11 @@ async fn session(ctx: Rc<Ctx>, i: u32) {
                 && let Some(c) = tally.climbers.get_mut(i as usize)
             {
                 c.found_frames += 1;
+            }
+            if let (Some(last), Some(cursor)) = (replayed_up_to, cursor_of(frame))
+                && cursor <= last
+            {
+                tally.stats.replay_duplicates += 1;
             }
             ControlFlow::Continue(())
         }) => Some(ended),
@@ -544,8 +555,9 @@ fn cursor_of(frame: &[u8]) -> Option<i64> {
 
 /// Reconnect scenario: hold the stream, following its cursor, until `away`; close it; wait for
 /// `back`; reopen with `Last-Event-ID` and read until every missed event has arrived, checking
-/// the `unread` frame, order and duplicates on the way. Returns the resumed stream to hold, or
-/// `None` if the first stream ended before `away` (counted as dropped).
+/// the `unread` frame, order and duplicates on the way. Returns the resumed stream to hold with
+/// the last cursor it replayed, or `None` if the first stream ended before `away` (counted as
+/// dropped).
 async fn away_and_back(
     ctx: &Ctx,
     user: &str,
@@ -553,7 +565,7 @@ async fn away_and_back(
     token: Option<&str>,
     first_unread: Option<(u64, i64)>,
     resume: &ResumeSpec,
-) -> Result<Option<SseStream>> {
+) -> Result<Option<(SseStream, i64)>> {
     let (unread_before, mut position) = first_unread.unwrap_or((0, 0));
     let mut away = ctx.away.clone();
     let ended = tokio::select! {
@@ -647,7 +659,7 @@ async fn away_and_back(
         tally.stats.caught_up += 1;
     }
     drop(tally);
-    outcome.map(|()| Some(stream))
+    outcome.map(|()| Some((stream, target)))
 }
 
 /// The next frame of one of `kinds`: its kind and parsed data. Frames of other kinds are only
