@@ -406,9 +406,34 @@ pub fn row(label: &str, value: impl Display) {
     println!("  {label:<27} {value}");
 }
 
+/// The run's verdict, once its results are written: an error (and so a non-zero exit) naming
+/// every check that found something, so a script can gate on the run.
+pub fn verdict(checks: &[(&str, u64)]) -> Result<()> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(what, count)| format!("{count} {what}"))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("checks failed: {}", failed.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_names_every_failed_check() {
+        assert!(verdict(&[("lost", 0), ("duplicates", 0)]).is_ok());
+        let failed = verdict(&[("lost", 2), ("duplicates", 0), ("out of order", 1)]);
+        assert_eq!(
+            failed.map_err(|e| e.to_string()),
+            Err("checks failed: 2 lost, 1 out of order".to_owned())
+        );
+    }
 
     #[test]
     fn accepts_loopback_hosts() {

@@ -305,7 +305,13 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
             output::spectrum("to match_confirmed", &confirmed_hist),
         ],
     );
-    output::write(args.out.as_deref(), "matchmaking", &report, &svg)
+    output::write(args.out.as_deref(), "matchmaking", &report, &svg)?;
+    let i = &report.integrity;
+    common::verdict(&[
+        ("climbers matched twice", i.matched_twice),
+        ("inconsistent matches", i.inconsistent_matches),
+        ("self matches", i.self_matches),
+    ])
 }
 
 fn integrity(climbers: &[&Climber]) -> Integrity {

@@ -259,7 +259,12 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     );
     report.print();
     let svg = plot(&report, &shared)?;
-    output::write(args.out.as_deref(), "notify", &report, &svg)
+    output::write(args.out.as_deref(), "notify", &report, &svg)?;
+    common::verdict(&[
+        ("events lost", report.events_lost),
+        ("duplicates", report.duplicates),
+        ("out of order", report.out_of_order),
+    ])
 }
 
 /// Latency of every measured event by publish time, and its percentile spectrum.

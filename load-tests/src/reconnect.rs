@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::adapter::ServerKind;
-use crate::common::{ErrorCount, LatencySummary, row};
+use crate::common::{ErrorCount, LatencySummary, row, verdict};
 use crate::fleet;
 use crate::output;
 use crate::procfs::{self, Memory};
@@ -282,7 +282,18 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
             output::spectrum("storm to caught up", &times.since_storm),
         ],
     );
-    output::write(common.out.as_deref(), "reconnect", &report, &svg)
+    output::write(common.out.as_deref(), "reconnect", &report, &svg)?;
+    verdict(&[
+        (
+            "missed events not replayed",
+            report
+                .events_expected
+                .saturating_sub(report.events_replayed),
+        ),
+        ("events replayed twice", report.duplicates),
+        ("wrong unread frames", report.unread_mismatches),
+        ("sessions that did not resume", report.resume_errors),
+    ])
 }
 
 /// Polls the workers until `count(stats)` reaches `target` (or stops moving for `patience`).

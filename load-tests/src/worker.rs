@@ -105,7 +105,7 @@ pub struct Stats {
     pub resumed: u64,
     pub resume_failed: u64,
     pub caught_up: u64,
-    /// Stored events received after a resume, in order and each once.
+    /// Missed events received after a resume, each counted once.
     pub replayed: u64,
     /// After a resume: stored events received twice, events skipped (a cursor jumped past
     /// them), and `unread` frames whose count or cursor disagreed with what was missed.
@@ -623,6 +623,7 @@ async fn away_and_back(
                     } else {
                         skipped += u64::try_from(cursor - next).unwrap_or(0);
                         next = cursor + 1;
+                        replayed += 1;
                     }
                 }
                 if next > target {
