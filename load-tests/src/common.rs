@@ -406,6 +406,13 @@ pub fn row(label: &str, value: impl Display) {
     println!("  {label:<27} {value}");
 }
 
+/// One summary row per distinct error, with its count.
+pub fn error_rows(errors: &[ErrorCount]) {
+    for e in errors {
+        row("error", format!("{}x {}", e.count, e.message));
+    }
+}
+
 /// The run's verdict, once its results are written: an error (and so a non-zero exit) naming
 /// every check that found something, so a script can gate on the run.
 pub fn verdict(checks: &[(&str, u64)]) -> Result<()> {

@@ -292,9 +292,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
             report.server_cpu_s, report.client_cpu_s, report.wall_s
         ),
     );
-    for e in &report.errors {
-        row("error", format!("{}x {}", e.count, e.message));
-    }
+    common::error_rows(&report.errors);
 
     let svg = output::plot(
         &format!("matchmaking: {} climbers", report.climbers),

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::adapter::ServerKind;
-use crate::common::{ErrorCount, LatencySummary, row, verdict};
+use crate::common::{self, ErrorCount, LatencySummary, row, verdict};
 use crate::fleet;
 use crate::output;
 use crate::procfs::{self, Memory};
@@ -264,9 +264,7 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
             report.resumed_rss_kib_per_session_over_away
         ),
     );
-    for e in &report.errors {
-        row("error", format!("{}x {}", e.count, e.message));
-    }
+    common::error_rows(&report.errors);
 
     let title = format!(
         "reconnect: {} sessions resume, {} missed events each",

@@ -708,9 +708,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     if let Some(burst) = &report.burst {
         burst.print("burst: ");
     }
-    for e in &report.errors {
-        row("error", format!("{}x {}", e.count, e.message));
-    }
+    common::error_rows(&report.errors);
 
     let title = format!(
         "connections: {} sessions to {:?}",
@@ -804,9 +802,7 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
     );
     report.fanout.print("");
     row("server memory after", report.server_memory_after.display());
-    for e in &report.errors {
-        row("error", format!("{}x {}", e.count, e.message));
-    }
+    common::error_rows(&report.errors);
 
     let mut distribution = Vec::new();
     if let Some(hist) = &report.fanout.all_received_hist {
