@@ -13,10 +13,9 @@ use super::Millis;
 use super::pool::{Pairing, Pool, QueueKey, Ticket};
 use crate::domain::event::CancelReason;
 use crate::domain::{
-    Challenge, ChallengeStatus, Discipline, Event, Match, MatchOrigin, MatchStatus, Player,
-    QueuedTicket, UserId,
+    Challenge, ChallengeStatus, Change, Discipline, Event, Match, MatchOrigin, MatchStatus,
+    NewEvent, Player, QueuedTicket, UserId,
 };
-use crate::store::{Change, NewEvent};
 
 /// Pending challenges one climber may have sent at a time.
 pub const MAX_OUTGOING_CHALLENGES: usize = 10;

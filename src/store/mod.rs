@@ -1,8 +1,10 @@
 //! The store: the truth for every user-targeted event. One interface, one implementation per
 //! backend; the engine only sees `Arc<dyn Store>`.
 
+mod rules;
 mod sqlite;
 mod sqlite_play;
+mod writer;
 
 use std::sync::Arc;
 
@@ -12,19 +14,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{
-    AscentOutcome, Challenge, Cursor, Discipline, Event, IdempotencyKey, LeaderboardEntry, Match,
-    NewAscent, Notification, QueuedTicket, RankChange, Rating, UserId,
+    Challenge, Cursor, Discipline, LeaderboardEntry, Match, Notification, QueuedTicket, Rating,
+    UserId,
 };
+pub use crate::domain::{Change, ChangeOutcome, NewEvent, Settlement};
 
 pub use sqlite::SqliteStore;
-
-/// An event the engine accepted for one user.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub user: UserId,
-    pub event: Event,
-    pub idempotency_key: Option<IdempotencyKey>,
-}
 
 /// What `append` did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -78,37 +73,6 @@ pub enum ReadSelector {
     All,
 }
 
-/// A change to matchmaking state, written in the same transaction as the events it causes:
-/// either both are committed or neither is.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Remembers that a climber exists (they signed in), so others can challenge them.
-    SeeUser(UserId),
-    /// Inserts or replaces a match.
-    SaveMatch(Match),
-    /// Inserts or replaces a challenge.
-    SaveChallenge(Challenge),
-    /// Records a climber's place in a queue (joined or requeued).
-    SaveTicket(QueuedTicket),
-    /// Forgets a climber's place in the queue (left or paired); nothing if there is none.
-    DropTicket(UserId),
-    /// Saves a match that has just been settled (status `Settled`, `winner` set), updates both
-    /// players' ratings and emits `match_result` to both and `rank_changed` to every climber
-    /// whose rank moved.
-    Settle(Match),
-    /// Records an ascent and emits `route_completed` (first send of the route) and
-    /// `personal_record` (new hardest grade or fastest time).
-    Ascent(NewAscent),
-}
-
-/// What one [`Change`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChangeOutcome {
-    Done,
-    Settled(Settlement),
-    Ascent(AscentOutcome),
-}
-
 /// A user's unread count, head cursor and newest unread notifications, read together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnreadSnapshot {
@@ -116,14 +80,6 @@ pub struct UnreadSnapshot {
     pub head: Cursor,
     /// Newest first; every one unread and at or below `head`.
     pub latest: Vec<Notification>,
-}
-
-/// Ratings before and after a settled match, and the rank moves it caused.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settlement {
-    /// `(player, before, after)` for both players, in the match's player order.
-    pub ratings: Vec<(UserId, Rating, Rating)>,
-    pub rank_changes: Vec<RankChange>,
 }
 
 /// Result of [`Store::apply_then`].

@@ -3,9 +3,8 @@
 //! small pool of readers.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::hash::Hash;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,13 +15,16 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::rules::{AppendWrites, FoldedRows, Stored};
 use super::sqlite_play;
+use super::writer::{
+    Backend, GroupTx, Lookup, Writer, WriterAlive, look_up, padded, spawn_lookups,
+};
 use super::{
-    AppendOutcome, Appended, Applied, Change, ListQuery, NewEvent, OnCommit, Page, ReadSelector,
-    Store, UnreadSnapshot,
+    Applied, Change, ListQuery, NewEvent, OnCommit, Page, ReadSelector, Store, UnreadSnapshot,
 };
 use crate::domain::{
     Challenge, Cursor, Discipline, Event, LeaderboardEntry, Match, Notification, QueuedTicket,
@@ -34,23 +36,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Events committed together at most.
-const MAX_GROUP_EVENTS: usize = 1000;
 /// Rows per multi-row statement (SQLite allows 32,766 bound values per statement).
 const ROWS_PER_STATEMENT: usize = 500;
-/// Appends waiting for the writer before callers wait to enqueue.
-const WRITE_QUEUE: usize = 1024;
 /// Statements in a combined write that sqlx may keep prepared in its statement cache.
 const MAX_CACHED_STATEMENTS: usize = 8;
-/// Look-ups waiting for a batching reader before callers wait to enqueue.
-const LOOKUP_QUEUE: usize = 1024;
 /// Look-ups one statement answers at most.
 const MAX_LOOKUP_BATCH: usize = 256;
 /// Unread summaries one statement answers at most: its text grows by a subquery per user.
 const MAX_SUMMARY_BATCH: usize = 32;
 
 pub struct SqliteStore {
-    writes: mpsc::Sender<WriteJob>,
+    writes: Writer,
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
@@ -111,23 +107,21 @@ impl SqliteStore {
                 .await
                 .with_context(|| format!("opening readers for {url}"))?
         };
-        let (writes, jobs) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(writer.clone(), jobs));
-        let (ratings, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        let writes = Writer::spawn(Arc::new(SqliteBackend {
+            pool: writer.clone(),
+        }));
         let pool = reader.clone();
-        tokio::spawn(lookup_loop(lookups, MAX_LOOKUP_BATCH, move |keys| {
+        let ratings = spawn_lookups(MAX_LOOKUP_BATCH, move |keys| {
             ratings_by_key(pool.clone(), keys)
-        }));
-        let (heads, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        });
         let pool = reader.clone();
-        tokio::spawn(lookup_loop(lookups, MAX_LOOKUP_BATCH, move |users| {
+        let heads = spawn_lookups(MAX_LOOKUP_BATCH, move |users| {
             unread_heads_of(pool.clone(), users)
-        }));
-        let (summaries, lookups) = mpsc::channel(LOOKUP_QUEUE);
+        });
         let pool = reader.clone();
-        tokio::spawn(lookup_loop(lookups, MAX_SUMMARY_BATCH, move |keys| {
+        let summaries = spawn_lookups(MAX_SUMMARY_BATCH, move |keys| {
             unread_summaries_of(pool.clone(), keys)
-        }));
+        });
         if !in_memory {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
@@ -135,7 +129,7 @@ impl SqliteStore {
                 .connect_with(options.clone())
                 .await
                 .with_context(|| format!("opening the checkpoint connection for {url}"))?;
-            tokio::spawn(checkpoint_loop(checkpointer, writes.downgrade()));
+            tokio::spawn(checkpoint_loop(checkpointer, writes.alive()));
         }
         Ok(SqliteStore {
             writes,
@@ -210,83 +204,6 @@ pub(super) fn push_list<'a, T>(
         list.push_bind(value);
     }
     qb.push(")");
-}
-
-/// The keys of a batched look-up, padded with `""` (no user's id) to a power of two: the look-up
-/// statements then take a handful of shapes, which stay prepared in each reader's statement
-/// cache, instead of one shape per batch size to parse again and again.
-pub(super) fn padded<'a>(keys: &[&'a str]) -> Vec<&'a str> {
-    let mut padded = keys.to_vec();
-    padded.resize(keys.len().max(1).next_power_of_two(), "");
-    padded
-}
-
-/// A look-up answered by a batching reader: `None` when there is no row for the key.
-struct Lookup<K, V> {
-    key: K,
-    reply: oneshot::Sender<Result<Option<V>, String>>,
-}
-
-/// Answers look-ups in batches: whatever is waiting when a read starts goes into the next one
-/// (up to `max_batch`), a single statement on a single reader connection. A round trip to
-/// SQLite's thread per look-up cost more than the rest of the request under a crowd of them:
-/// every queue join reads the climber's rating, every stream's connect the user's unread count
-/// and head, and, when something is unread, the newest unread notifications.
-async fn lookup_loop<K, V, F, Fut>(
-    mut lookups: mpsc::Receiver<Lookup<K, V>>,
-    max_batch: usize,
-    read: F,
-) where
-    K: Eq + Hash + Clone,
-    V: Clone,
-    F: Fn(Vec<K>) -> Fut,
-    Fut: Future<Output = anyhow::Result<HashMap<K, V>>>,
-{
-    let mut batch = Vec::with_capacity(max_batch);
-    while lookups.recv_many(&mut batch, max_batch).await > 0 {
-        // How many look-ups ask for each key: the last one takes the answer, the others a copy.
-        let mut asking: HashMap<K, usize> = HashMap::with_capacity(batch.len());
-        for lookup in &batch {
-            *asking.entry(lookup.key.clone()).or_default() += 1;
-        }
-        let mut found = read(asking.keys().cloned().collect())
-            .await
-            .map_err(|e| format!("{e:#}"));
-        for lookup in batch.drain(..) {
-            let answer = match &mut found {
-                Ok(rows) => {
-                    let left = asking.get_mut(&lookup.key).map_or(0, |n| {
-                        *n -= 1;
-                        *n
-                    });
-                    Ok(if left == 0 {
-                        rows.remove(&lookup.key)
-                    } else {
-                        rows.get(&lookup.key).cloned()
-                    })
-                }
-                Err(error) => Err(String::clone(error)),
-            };
-            let _ = lookup.reply.send(answer);
-        }
-    }
-}
-
-/// Sends a look-up to its batching reader and waits for the answer.
-async fn look_up<K, V>(
-    lookups: &mpsc::Sender<Lookup<K, V>>,
-    key: K,
-    what: &str,
-) -> anyhow::Result<Option<V>> {
-    let (reply, answer) = oneshot::channel();
-    lookups
-        .send(Lookup { key, reply })
-        .await
-        .map_err(|_| anyhow::anyhow!("the {what} reader has stopped"))?;
-    answer
-        .await
-        .with_context(|| format!("the {what} reader dropped the look-up"))?
-        .map_err(anyhow::Error::msg)
 }
 
 /// The ratings of the given climbers in the given disciplines, in one statement.
@@ -423,12 +340,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Copies committed WAL frames into the database file from its own connection, beside the
 /// writer (a passive checkpoint never blocks it), until the store is dropped.
-async fn checkpoint_loop(pool: SqlitePool, store: mpsc::WeakSender<WriteJob>) {
+async fn checkpoint_loop(pool: SqlitePool, store: WriterAlive) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if store.upgrade().is_none() {
+        if !store.is_alive() {
             break;
         }
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
@@ -467,17 +384,6 @@ fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
 
 const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
 
-/// A notification written or changed by the group being committed.
-struct Touched {
-    user: UserId,
-    notification: Notification,
-    collapse_key: Option<String>,
-    /// Not in the database before this group.
-    is_new: bool,
-    /// Must be written.
-    changed: bool,
-}
-
 /// Runs `SELECT ... WHERE (a, b) IN (VALUES ...)` in chunks; `prefix` ends with `IN (VALUES `.
 /// Unread notifications that collapse, by (user, collapse key). The `IS NOT NULL` term lets
 /// SQLite use the partial index on collapse keys.
@@ -512,380 +418,152 @@ async fn select_pairs(
     Ok(rows)
 }
 
-/// Writes a group of events in one transaction with a fixed number of statements, whatever its
-/// size: look-ups first, then every decision in memory, then multi-row writes. SQLite has one
-/// writer, so reading the heads and writing them back inside `BEGIN IMMEDIATE` is safe.
-async fn append_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    items: &[&NewEvent],
-    now: DateTime<Utc>,
-    writes: &mut Statements<'_>,
-) -> anyhow::Result<Vec<Appended>> {
-    let tx = &mut *tx;
+/// The writer's side of SQLite, for the group-commit task.
+struct SqliteBackend {
+    pool: SqlitePool,
+}
 
-    // Idempotency keys seen before, and the notifications they point at.
-    let keyed: Vec<(String, String)> = items
-        .iter()
-        .filter_map(|i| {
-            i.idempotency_key
-                .as_ref()
-                .map(|k| (i.user.to_string(), k.to_string()))
-        })
-        .collect();
-    let mut seen_keys: HashMap<(String, String), Uuid> = HashMap::new();
-    if !keyed.is_empty() {
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn begin(&self) -> anyhow::Result<Box<dyn GroupTx>> {
+        // SQLite has one writer: taking the write lock at the start makes every read of the
+        // group a locked read, so `lock_heads` needs nothing more.
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .context("begin write")?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+}
+
+/// One group's transaction on the writer connection.
+pub(super) struct SqliteTx {
+    pub(super) tx: Transaction<'static, Sqlite>,
+}
+
+fn stored_from_row(row: &SqliteRow) -> anyhow::Result<Stored> {
+    Ok(Stored {
+        notification: notification_from_row(row)?,
+        user: UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?,
+        collapse_key: row.try_get("collapse_key")?,
+    })
+}
+
+#[async_trait]
+impl GroupTx for SqliteTx {
+    async fn idempotency_keys(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> anyhow::Result<HashMap<(String, String), Uuid>> {
         let prefix = "SELECT user_id, key, notification_id FROM idempotency_keys \
                       WHERE (user_id, key) IN (VALUES ";
-        for row in select_pairs(tx, prefix, &keyed).await? {
+        let mut seen = HashMap::new();
+        for row in select_pairs(&mut self.tx, prefix, pairs).await? {
             let id: String = row.try_get("notification_id")?;
-            seen_keys.insert(
+            seen.insert(
                 (row.try_get("user_id")?, row.try_get("key")?),
                 Uuid::parse_str(&id)?,
             );
         }
-    }
-    let mut rows: HashMap<Uuid, Touched> = HashMap::new();
-    if !seen_keys.is_empty() {
-        let ids: Vec<String> = seen_keys.values().map(Uuid::to_string).collect();
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS}, user_id, collapse_key FROM notifications WHERE id IN "
-        ));
-        push_list(&mut qb, ids);
-        for row in qb.build().fetch_all(&mut **tx).await? {
-            let n = notification_from_row(&row)?;
-            let user =
-                UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
-            let collapse_key = row.try_get("collapse_key")?;
-            rows.insert(
-                n.id,
-                Touched {
-                    user,
-                    notification: n,
-                    collapse_key,
-                    is_new: false,
-                    changed: false,
-                },
-            );
-        }
+        Ok(seen)
     }
 
-    // Unread notifications that new events may collapse into.
-    let collapsible: Vec<(String, String)> = items
-        .iter()
-        .filter_map(|i| i.event.collapse_key().map(|k| (i.user.to_string(), k)))
-        .collect();
-    let mut open: HashMap<(String, String), Uuid> = HashMap::new();
-    if !collapsible.is_empty() {
-        let prefix = collapse_lookup();
-        for row in select_pairs(tx, &prefix, &collapsible).await? {
-            let n = notification_from_row(&row)?;
-            let user =
-                UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
-            let key: String = row.try_get("collapse_key")?;
-            open.insert((user.to_string(), key.clone()), n.id);
-            rows.entry(n.id).or_insert(Touched {
-                user,
-                notification: n,
-                collapse_key: Some(key),
-                is_new: false,
-                changed: false,
-            });
-        }
-    }
-
-    // Current heads of the users in the group.
-    let mut heads: HashMap<String, i64> = HashMap::new();
-    let users: Vec<String> = {
-        let mut u: Vec<String> = items.iter().map(|i| i.user.to_string()).collect();
-        u.sort_unstable();
-        u.dedup();
-        u
-    };
-    for chunk in users.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT user_id, last_cursor FROM user_cursors WHERE user_id IN ",
-        );
-        push_list(&mut qb, chunk.iter().cloned());
-        for row in qb.build().fetch_all(&mut **tx).await? {
-            heads.insert(row.try_get("user_id")?, row.try_get("last_cursor")?);
-        }
-    }
-
-    // Every decision, in order, in memory.
-    let mut out = Vec::with_capacity(items.len());
-    let mut moved_heads: Vec<String> = Vec::new();
-    let mut moved: HashSet<String> = HashSet::new();
-    // New notifications per user: each is one more unread.
-    let mut created: HashMap<String, i64> = HashMap::new();
-    let mut new_keys: Vec<(String, String, Uuid)> = Vec::new();
-    for item in items {
-        let user_key = item.user.to_string();
-        let idem = item
-            .idempotency_key
-            .as_ref()
-            .map(|k| (user_key.clone(), k.to_string()));
-        if let Some(id) = idem.as_ref().and_then(|k| seen_keys.get(k)) {
-            let row = rows
-                .get(id)
-                .context("idempotency key points at a missing notification")?;
-            out.push(Appended {
-                user: item.user.clone(),
-                notification: row.notification.clone(),
-                outcome: AppendOutcome::Duplicate,
-            });
-            continue;
-        }
-        if moved.insert(user_key.clone()) {
-            moved_heads.push(user_key.clone());
-        }
-        let head = heads.entry(user_key.clone()).or_insert(0);
-        *head += 1;
-        let cursor = Cursor(*head);
-        let collapse_key = item.event.collapse_key();
-        let target = collapse_key
-            .as_ref()
-            .and_then(|k| open.get(&(user_key.clone(), k.clone())));
-        let (notification, outcome) = match target.and_then(|id| rows.get_mut(id)) {
-            Some(row) => {
-                let previous = row.notification.event.clone();
-                row.notification.event = item.event.clone().collapse_onto(previous);
-                row.notification.cursor = cursor;
-                row.notification.updated_at = now;
-                row.changed = true;
-                (row.notification.clone(), AppendOutcome::Collapsed)
+    async fn notifications(&mut self, ids: &[Uuid]) -> anyhow::Result<Vec<Stored>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {COLUMNS}, user_id, collapse_key FROM notifications WHERE id IN "
+            ));
+            push_list(&mut qb, chunk.iter().map(Uuid::to_string));
+            for row in qb.build().fetch_all(&mut *self.tx).await? {
+                found.push(stored_from_row(&row)?);
             }
-            None => {
-                let n = Notification {
-                    id: Uuid::now_v7(),
-                    cursor,
-                    event: item.event.clone(),
-                    created_at: now,
-                    updated_at: now,
-                    read: false,
-                };
-                if let Some(key) = &collapse_key {
-                    open.insert((user_key.clone(), key.clone()), n.id);
-                }
-                *created.entry(user_key.clone()).or_insert(0) += 1;
-                let row = Touched {
-                    user: item.user.clone(),
-                    notification: n.clone(),
-                    collapse_key,
-                    is_new: true,
-                    changed: true,
-                };
-                rows.insert(n.id, row);
-                (n, AppendOutcome::Created)
-            }
-        };
-        if let Some((user, key)) = idem {
-            seen_keys.insert((user.clone(), key.clone()), notification.id);
-            new_keys.push((user, key, notification.id));
         }
-        out.push(Appended {
-            user: item.user.clone(),
-            notification,
-            outcome,
-        });
+        Ok(found)
     }
 
-    // Writes (new rows, moved rows, heads, keys), run by the caller with the group's others.
-    let changed: Vec<&Touched> = rows.values().filter(|r| r.changed).collect();
-    let new_rows: Vec<&&Touched> = changed.iter().filter(|r| r.is_new).collect();
-    for chunk in new_rows.chunks(ROWS_PER_STATEMENT) {
-        let texts: Vec<String> = chunk
+    async fn open_collapsible(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> anyhow::Result<Vec<Stored>> {
+        select_pairs(&mut self.tx, &collapse_lookup(), pairs)
+            .await?
             .iter()
-            .map(|row| row.notification.event.data_json_text())
-            .collect::<Result<_, _>>()?;
+            .map(stored_from_row)
+            .collect()
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        folded: FoldedRows<'_>,
+        writes: AppendWrites,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        // Every write after the look-ups goes to SQLite in one round trip: the folded
+        // matchmaking rows and the events' rows, which touch different tables.
+        let mut statements = Statements::new();
+        sqlite_play::write_folded(&mut statements, &folded, now)?;
+        write_appends(&mut statements, &writes, now);
+        statements.run(&mut self.tx, "writing the group").await?;
+        self.tx.commit().await.context("commit write")?;
+        Ok(())
+    }
+}
+
+/// The statements that write a group's appends: new rows, moved rows, heads, keys.
+fn write_appends<'a>(writes: &mut Statements<'a>, planned: &'a AppendWrites, now: DateTime<Utc>) {
+    for chunk in planned.new_rows.chunks(ROWS_PER_STATEMENT) {
         writes
             .start(
                 "INSERT INTO notifications \
                  (id, user_id, cursor, kind, data, collapse_key, created_at, updated_at) ",
             )
-            .push_values(chunk.iter().zip(texts), |mut b, (row, data)| {
+            .push_values(chunk, |mut b, row| {
                 let n = &row.notification;
                 b.push_bind(n.id.to_string())
-                    .push_bind(row.user.to_string())
+                    .push_bind(row.user.as_str())
                     .push_bind(n.cursor.0)
                     .push_bind(n.event.kind().as_str())
-                    .push_bind(data)
-                    .push_bind(row.collapse_key.clone())
+                    .push_bind(row.data.as_str())
+                    .push_bind(row.collapse_key.as_deref())
                     .push_bind(to_ms(n.created_at))
                     .push_bind(to_ms(n.updated_at));
             });
     }
-    for row in changed.iter().filter(|r| !r.is_new) {
+    for row in &planned.moved {
         writes
             .start("UPDATE notifications SET cursor = ")
-            .push_bind(row.notification.cursor.0)
+            .push_bind(row.cursor)
             .push(", data = ")
-            .push_bind(row.notification.event.data_json_text()?)
+            .push_bind(row.data.as_str())
             .push(", updated_at = ")
             .push_bind(to_ms(now))
             .push(" WHERE id = ")
-            .push_bind(row.notification.id.to_string());
+            .push_bind(row.id.to_string());
     }
-    for chunk in moved_heads.chunks(ROWS_PER_STATEMENT) {
+    for chunk in planned.heads.chunks(ROWS_PER_STATEMENT) {
         writes
             .start("INSERT INTO user_cursors (user_id, last_cursor, unread) ")
-            .push_values(chunk, |mut b, user| {
-                b.push_bind(user.clone())
-                    .push_bind(heads.get(user).copied().unwrap_or(0))
-                    .push_bind(created.get(user).copied().unwrap_or(0));
+            .push_values(chunk, |mut b, head| {
+                b.push_bind(head.user.as_str())
+                    .push_bind(head.last_cursor)
+                    .push_bind(head.created);
             })
             .push(
                 " ON CONFLICT (user_id) DO UPDATE SET last_cursor = excluded.last_cursor, \
                  unread = unread + excluded.unread",
             );
     }
-    for chunk in new_keys.chunks(ROWS_PER_STATEMENT) {
+    for chunk in planned.keys.chunks(ROWS_PER_STATEMENT) {
         writes
             .start("INSERT INTO idempotency_keys (user_id, key, notification_id, created_at) ")
             .push_values(chunk, |mut b, (user, key, id)| {
-                b.push_bind(user.clone())
-                    .push_bind(key.clone())
+                b.push_bind(user.as_str())
+                    .push_bind(key.as_str())
                     .push_bind(id.to_string())
                     .push_bind(to_ms(now));
             });
-    }
-    Ok(out)
-}
-
-/// Commits a group of jobs in one transaction: each job's changes in order, then every event
-/// (each job's batch followed by what its changes produced) with a fixed number of statements.
-async fn write_group(pool: &SqlitePool, jobs: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .context("begin write")?;
-    // Millisecond precision, as stored: live frames and replays carry the same timestamps.
-    let now = from_ms(to_ms(Utc::now()));
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    let mut produced = Vec::with_capacity(jobs.len());
-    let mut folded = sqlite_play::Folded::default();
-    for job in jobs {
-        let mut done = Vec::with_capacity(job.changes.len());
-        let mut events = Vec::new();
-        for change in job.changes {
-            let (outcome, caused) =
-                sqlite_play::apply_change(&mut tx, &mut folded, change, now).await?;
-            done.push(outcome);
-            events.extend(caused);
-        }
-        outcomes.push(done);
-        produced.push(events);
-    }
-    // Every write after the look-ups goes to SQLite in one round trip: the folded matchmaking
-    // rows and the events' rows, which touch different tables.
-    let mut writes = Statements::new();
-    folded.write_into(&mut writes, now)?;
-    let items: Vec<&NewEvent> = jobs
-        .iter()
-        .zip(&produced)
-        .flat_map(|(job, caused)| job.batch.iter().chain(caused.iter()))
-        .collect();
-    let appended = if items.is_empty() {
-        Vec::new()
-    } else {
-        append_in(&mut tx, &items, now, &mut writes).await?
-    };
-    writes.run(&mut tx, "writing the group").await?;
-    tx.commit().await.context("commit write")?;
-    let mut appended = appended.into_iter();
-    Ok(outcomes
-        .into_iter()
-        .zip(&produced)
-        .zip(jobs)
-        .map(|((outcomes, caused), job)| Applied {
-            outcomes,
-            appended: appended
-                .by_ref()
-                .take(job.batch.len() + caused.len())
-                .collect(),
-        })
-        .collect())
-}
-
-/// What one job asks of the writer (the job itself holds a hook that is not `Sync`).
-struct Work<'a> {
-    changes: &'a [Change],
-    batch: &'a [NewEvent],
-}
-
-/// One `apply_many` call waiting for the writer: one or more works, committed together.
-struct WriteJob {
-    works: Vec<(Vec<Change>, Vec<NewEvent>)>,
-    on_commit: OnCommit,
-    reply: oneshot::Sender<anyhow::Result<Vec<Applied>>>,
-}
-
-impl WriteJob {
-    fn parts(&self) -> impl Iterator<Item = Work<'_>> {
-        self.works
-            .iter()
-            .map(|(changes, batch)| Work { changes, batch })
-    }
-
-    fn size(&self) -> usize {
-        self.works.iter().map(|(c, b)| c.len() + b.len()).sum()
-    }
-
-    fn finish(self, result: anyhow::Result<Vec<Applied>>) {
-        match result.as_deref() {
-            // One work (every notify): hand its events over as they are, no copy.
-            Ok([only]) => (self.on_commit)(&only.appended),
-            Ok(applied) => {
-                let all: Vec<Appended> = applied
-                    .iter()
-                    .flat_map(|a| a.appended.iter().cloned())
-                    .collect();
-                (self.on_commit)(&all);
-            }
-            Err(_) => {}
-        }
-        let _ = self.reply.send(result);
-    }
-}
-
-/// Group commit: takes every append waiting (up to [`MAX_GROUP_EVENTS`] events) into one
-/// transaction, so a burst of concurrent requests costs one commit and a few statements. If a
-/// group fails, each of its appends is retried alone, so one bad request cannot fail others.
-async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut events = first.size();
-        let mut group = vec![first];
-        while events < MAX_GROUP_EVENTS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    events += job.size();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let parts: Vec<Work<'_>> = group.iter().flat_map(WriteJob::parts).collect();
-        match write_group(&pool, &parts).await {
-            Ok(results) => {
-                // In group order, which is cursor order: live frames leave in commit order.
-                let mut results = results.into_iter();
-                for job in group {
-                    let mine: Vec<Applied> = results.by_ref().take(job.works.len()).collect();
-                    job.finish(Ok(mine));
-                }
-            }
-            Err(error) if group.len() == 1 => {
-                if let Some(job) = group.pop() {
-                    job.finish(Err(error));
-                }
-            }
-            Err(_) => {
-                for job in group {
-                    let parts: Vec<Work<'_>> = job.parts().collect();
-                    let result = write_group(&pool, &parts).await;
-                    job.finish(result);
-                }
-            }
-        }
     }
 }
 
@@ -896,27 +574,7 @@ impl Store for SqliteStore {
         works: Vec<(Vec<Change>, Vec<NewEvent>)>,
         on_commit: OnCommit,
     ) -> anyhow::Result<Vec<Applied>> {
-        if works.iter().all(|(c, b)| c.is_empty() && b.is_empty()) {
-            return Ok(works
-                .iter()
-                .map(|_| Applied {
-                    outcomes: Vec::new(),
-                    appended: Vec::new(),
-                })
-                .collect());
-        }
-        let (reply, result) = oneshot::channel();
-        self.writes
-            .send(WriteJob {
-                works,
-                on_commit,
-                reply,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
-        result
-            .await
-            .context("the store writer dropped the request")?
+        self.writes.apply_many(works, on_commit).await
     }
 
     async fn get_match(&self, id: Uuid) -> anyhow::Result<Option<Match>> {
@@ -1105,15 +763,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn look_up_keys_are_padded_to_a_power_of_two_with_no_users_id() {
-        assert_eq!(padded(&["a"]), ["a"]);
-        assert_eq!(padded(&["a", "b", "c"]), ["a", "b", "c", ""]);
-        assert_eq!(padded(&["a"; 5]).len(), 8);
-        assert_eq!(padded(&["a"; 32]).len(), 32);
-        assert!(UserId::parse("").is_err(), "no user has the padding's id");
-    }
 
     /// A group's writes go to SQLite in one round trip; a statement that fails late in it
     /// (here the events' rows, after the climbers' rows) leaves nothing of the group behind.
