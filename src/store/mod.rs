@@ -1,6 +1,8 @@
 //! The store: the truth for every user-targeted event. One interface, one implementation per
 //! backend; the engine only sees `Arc<dyn Store>`.
 
+mod mysql;
+mod postgres;
 mod rules;
 mod sqlite;
 mod sqlite_play;
@@ -19,6 +21,8 @@ use crate::domain::{
 };
 pub use crate::domain::{Change, ChangeOutcome, NewEvent, Settlement};
 
+pub use mysql::MySqlStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What `append` did with one event.
@@ -188,6 +192,19 @@ pub trait Store: Send + Sync + 'static {
     /// Marks notifications of `user` read; returns how many changed.
     async fn mark_read(&self, user: &UserId, selector: &ReadSelector) -> anyhow::Result<u64>;
 
+    /// Deletes up to `limit` read notifications last changed before `before`; returns how many.
+    /// Unread notifications and head rows stay, so cursors never go back.
+    async fn delete_read_before(&self, before: DateTime<Utc>, limit: u32) -> anyhow::Result<u64>;
+
+    /// Deletes up to `limit` read notifications last changed before `before` that are not
+    /// among the newest `keep` notifications of their user; returns how many.
+    async fn delete_read_beyond(
+        &self,
+        keep: u32,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> anyhow::Result<u64>;
+
     /// Forgets idempotency keys recorded before `before`; returns how many.
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64>;
 
@@ -195,10 +212,35 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> anyhow::Result<()>;
 }
 
+/// The database servers Belay stores its data in, named by the scheme of `database.url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Kind {
+    /// The backend a URL names, or an error that lists the accepted schemes.
+    pub fn of(url: &str) -> anyhow::Result<Kind> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => Ok(Kind::Sqlite),
+            "postgres" | "postgresql" => Ok(Kind::Postgres),
+            "mysql" | "mariadb" => Ok(Kind::MySql),
+            _ => anyhow::bail!(
+                "unsupported database url scheme {scheme:?}: expected sqlite://PATH, \
+                 postgres://USER@HOST/DATABASE or mysql://USER@HOST/DATABASE"
+            ),
+        }
+    }
+}
+
 /// Opens the store named by a database URL and applies its migrations.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteStore::connect(url, max_connections).await?));
-    }
-    anyhow::bail!("unsupported database url {url:?}: expected sqlite://PATH")
+    Ok(match Kind::of(url)? {
+        Kind::Sqlite => Arc::new(SqliteStore::connect(url, max_connections).await?),
+        Kind::Postgres => match PgStore::connect(url, max_connections).await? {},
+        Kind::MySql => match MySqlStore::connect(url, max_connections).await? {},
+    })
 }

@@ -160,10 +160,13 @@ pub(crate) fn plan_appends(
             .idempotency_key
             .as_ref()
             .map(|k| (user_key.clone(), k.to_string()));
-        if let Some(id) = idem.as_ref().and_then(|k| seen_keys.get(k)) {
-            let row = rows
-                .get(id)
-                .context("idempotency key points at a missing notification")?;
+        // A key whose notification retention has removed counts as expired: the event is
+        // written again, and the key taken over (the backends write keys as upserts).
+        let seen = idem
+            .as_ref()
+            .and_then(|k| seen_keys.get(k))
+            .and_then(|id| rows.get(id));
+        if let Some(row) = seen {
             out.push(Appended {
                 user: item.user.clone(),
                 notification: row.stored.notification.clone(),

@@ -563,7 +563,12 @@ fn write_appends<'a>(writes: &mut Statements<'a>, planned: &'a AppendWrites, now
                     .push_bind(key.as_str())
                     .push_bind(id.to_string())
                     .push_bind(to_ms(now));
-            });
+            })
+            // A key whose notification retention removed is taken again.
+            .push(
+                " ON CONFLICT (user_id, key) DO UPDATE SET \
+                 notification_id = excluded.notification_id, created_at = excluded.created_at",
+            );
     }
 }
 
@@ -740,6 +745,45 @@ impl Store for SqliteStore {
         }
         tx.commit().await.context("commit marking read")?;
         Ok(marked)
+    }
+
+    async fn delete_read_before(&self, before: DateTime<Utc>, limit: u32) -> anyhow::Result<u64> {
+        // Oldest rows first: the walk stops after `limit` of them.
+        let result = sqlx::query(
+            "DELETE FROM notifications WHERE rowid IN (SELECT rowid FROM notifications \
+             WHERE read_at IS NOT NULL AND updated_at < ?1 ORDER BY rowid LIMIT ?2)",
+        )
+        .bind(to_ms(before))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await
+        .context("deleting old read notifications")?;
+        Ok(result.rows_affected())
+    }
+
+    async fn delete_read_beyond(
+        &self,
+        keep: u32,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> anyhow::Result<u64> {
+        // Only a user whose head is past `keep` can have more than `keep` rows; for each, the
+        // rows below their `keep`-th newest cursor.
+        let result = sqlx::query(
+            "DELETE FROM notifications WHERE rowid IN (SELECT n.rowid FROM user_cursors u \
+             JOIN notifications n ON n.user_id = u.user_id \
+             WHERE u.last_cursor > ?1 AND n.read_at IS NOT NULL AND n.updated_at < ?2 \
+             AND n.cursor <= (SELECT cursor FROM notifications \
+                              WHERE user_id = u.user_id ORDER BY cursor DESC LIMIT 1 OFFSET ?1) \
+             LIMIT ?3)",
+        )
+        .bind(i64::from(keep))
+        .bind(to_ms(before))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await
+        .context("deleting read notifications beyond the per-user limit")?;
+        Ok(result.rows_affected())
     }
 
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
