@@ -22,6 +22,19 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub log: LogSettings,
     pub matchmaking: MatchmakingSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Read notifications last changed longer ago than this are deleted.
+    pub max_age_days: u32,
+    /// Read notifications beyond a user's newest this many are deleted.
+    pub max_per_user: u32,
+    /// How often the retention task runs.
+    pub every_secs: u64,
+    /// Rows one delete statement removes at most.
+    pub batch: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +75,40 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long start-up retries a database that does not answer before giving up.
+    pub connect_timeout_secs: u64,
+}
+
+impl DatabaseSettings {
+    /// The URL without its password, for logs.
+    pub fn url_for_logs(&self) -> String {
+        redact_password(&self.url)
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`; other URLs unchanged.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials
+        .split_once(':')
+        .map_or(credentials, |(user, _)| user);
+    let secret = if credentials.contains(':') {
+        ":***"
+    } else {
+        ""
+    };
+    let path = if rest.contains('/') {
+        format!("/{path}")
+    } else {
+        String::new()
+    };
+    format!("{scheme}://{user}{secret}@{host}{path}")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +216,20 @@ impl Settings {
         anyhow::ensure!(
             self.limits.max_page >= 1,
             "limits.max_page must be at least 1"
+        );
+        crate::store::Kind::of(&self.database.url).context("database.url")?;
+        anyhow::ensure!(
+            self.database.max_connections >= 1,
+            "database.max_connections must be at least 1"
+        );
+        let retention = &self.retention;
+        anyhow::ensure!(
+            retention.max_age_days >= 1 && retention.max_per_user >= 1,
+            "retention.max_age_days and retention.max_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            retention.every_secs >= 1 && retention.batch >= 1,
+            "retention.every_secs and retention.batch must be at least 1"
         );
         for origin in &self.server.cors_allowed_origins {
             anyhow::ensure!(

@@ -119,10 +119,23 @@ impl ApiError {
 }
 
 impl From<anyhow::Error> for ApiError {
+    /// A database that cannot be reached is the client's to retry (503 with `Retry-After`);
+    /// anything else is a fault of ours.
     fn from(cause: anyhow::Error) -> Self {
+        if crate::store::is_unavailable(&cause) {
+            tracing::warn!(error = %format!("{cause:#}"), "the database is not reachable");
+            return ApiError::new(
+                ErrorKind::Unavailable,
+                "the database is not reachable; try again",
+            )
+            .retry_after(STORE_RETRY_AFTER);
+        }
         ApiError::internal(cause)
     }
 }
+
+/// What a client is told to wait when the database cannot be reached.
+const STORE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The body of every 4xx and 5xx response.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting Belay")?;
     tracing::info!(
         address = %format!("http://{}:{}", settings.server.host, app.port()),
-        database = %settings.database.url,
+        database = %settings.database.url_for_logs(),
         dev_tokens = settings.auth.dev_tokens,
         "Belay is listening"
     );

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub queue_tickets: AtomicI64,
     pub matches_live: AtomicI64,
     pub challenges_pending: AtomicI64,
+    pub retention_deleted: AtomicU64,
 }
 
 impl Metrics {
@@ -29,7 +30,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -84,6 +85,11 @@ impl Metrics {
                 "belay_matches_made_total",
                 "Matches made (queue pairings and accepted challenges)",
                 &self.matches_made,
+            ),
+            (
+                "belay_retention_deleted_total",
+                "Read notifications deleted by retention",
+                &self.retention_deleted,
             ),
         ];
         let mut out = String::new();

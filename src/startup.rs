@@ -51,14 +51,26 @@ impl ShutdownHandle {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let secrets = settings.auth.resolve_secrets()?;
-        let store = store::connect(&settings.database.url, settings.database.max_connections)
-            .await
-            .context("opening the store")?;
-        spawn_janitor(
-            store.clone(),
-            Duration::from_secs(settings.limits.idempotency_ttl_secs),
-        );
+        let database = &settings.database;
+        let store = store::connect_patiently(
+            &database.url,
+            database.max_connections,
+            Duration::from_secs(database.connect_timeout_secs),
+        )
+        .await
+        .with_context(|| format!("opening the store at {}", database.url_for_logs()))?;
+        let key_lifetime = Duration::from_secs(settings.limits.idempotency_ttl_secs);
+        spawn_janitor(store.clone(), key_lifetime);
         let metrics = Arc::new(Metrics::default());
+        let counted = metrics.clone();
+        store::retention::spawn(
+            store.clone(),
+            settings.retention.clone(),
+            key_lifetime,
+            move |pass| {
+                Metrics::add(&counted.retention_deleted, pass.by_age + pass.beyond_limit);
+            },
+        );
         let hubs = Arc::new(HubSet::default());
         let frames = StaticFrames::new(Duration::from_millis(settings.sse.retry_ms))?;
         let at = &settings.server;

@@ -599,3 +599,116 @@ async fn replay_pages_read_at_once_each_hold_their_own_users_events_after_their_
         }
     }
 }
+
+/// Retention with the given limits, run as if `days` from now, with idempotency keys already
+/// expired.
+async fn retain(store: &dyn store::Store, max_age_days: u32, max_per_user: u32, days: i64) -> u64 {
+    let settings = belay::config::RetentionSettings {
+        max_age_days,
+        max_per_user,
+        every_secs: 60,
+        batch: 2,
+    };
+    let now = chrono::Utc::now() + chrono::Duration::days(days);
+    let pass = store::retention::run_pass(store, &settings, std::time::Duration::ZERO, now)
+        .await
+        .unwrap();
+    pass.by_age + pass.beyond_limit
+}
+
+#[tokio::test]
+async fn retention_deletes_only_read_notifications_and_a_resume_gets_what_is_left_in_order() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let ana = user("ana");
+        let likes: Vec<NewEvent> = (1..=10)
+            .map(|i| like("ana", &format!("p{i}"), "bob"))
+            .collect();
+        store.append(likes).await.unwrap();
+        store
+            .mark_read(&ana, &ReadSelector::UpTo(Cursor(6)))
+            .await
+            .unwrap();
+        store
+            .append(vec![like("ana", "p11", "bob"), like("bob", "p1", "ana")])
+            .await
+            .unwrap();
+
+        // Beyond the newest 3: the read ones (1..=6) go, the unread ones (7..=11) all stay.
+        assert_eq!(retain(store.as_ref(), 90, 3, 0).await, 6, "{name}");
+        let left: Vec<i64> = store
+            .events_after(&ana, Cursor(2), 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.cursor.0)
+            .collect();
+        assert_eq!(
+            left,
+            vec![7, 8, 9, 10, 11],
+            "{name}: a resume from a deleted cursor"
+        );
+        assert_eq!(store.unread_count(&ana).await.unwrap(), 5, "{name}");
+        assert_eq!(store.head(&ana).await.unwrap(), Cursor(11), "{name}");
+
+        // By age: read notifications go once old enough, unread ones never.
+        store
+            .mark_read(&ana, &ReadSelector::UpTo(Cursor(8)))
+            .await
+            .unwrap();
+        assert_eq!(
+            retain(store.as_ref(), 30, 1_000, 1).await,
+            0,
+            "{name}: not old yet"
+        );
+        assert_eq!(retain(store.as_ref(), 30, 1_000, 31).await, 2, "{name}");
+        let left: Vec<i64> = store
+            .events_after(&ana, Cursor::ZERO, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.cursor.0)
+            .collect();
+        assert_eq!(left, vec![9, 10, 11], "{name}");
+        assert_eq!(store.unread_count(&ana).await.unwrap(), 3, "{name}");
+        assert_eq!(
+            store
+                .events_after(&user("bob"), Cursor::ZERO, 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}: Bob's unread like stays"
+        );
+
+        // Cursors never go back: the next event follows the head.
+        let next = store.append(vec![like("ana", "p12", "bob")]).await.unwrap();
+        assert_eq!(next[0].notification.cursor, Cursor(12), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_whose_notification_retention_removed_stores_its_event_again() {
+    for (name, backend) in backends().await {
+        let store = backend.store;
+        let ana = user("ana");
+        let keyed = || NewEvent {
+            idempotency_key: Some(IdempotencyKey::parse("like-1").unwrap()),
+            ..like("ana", "p1", "bob")
+        };
+        store.append(vec![keyed()]).await.unwrap();
+        store.mark_read(&ana, &ReadSelector::All).await.unwrap();
+        assert_eq!(retain(store.as_ref(), 1, 1_000, 2).await, 1, "{name}");
+
+        let again = store.append(vec![keyed()]).await.unwrap();
+        assert_eq!(again[0].outcome, AppendOutcome::Created, "{name}");
+        assert_eq!(again[0].notification.cursor, Cursor(2), "{name}");
+        // And the key now answers with the new notification.
+        let retried = store.append(vec![keyed()]).await.unwrap();
+        assert_eq!(retried[0].outcome, AppendOutcome::Duplicate, "{name}");
+        assert_eq!(
+            retried[0].notification.id, again[0].notification.id,
+            "{name}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 mod mysql;
 mod postgres;
+pub mod retention;
 mod rules;
 mod sqlite;
 mod sqlite_play;
@@ -243,4 +244,66 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn 
         Kind::Postgres => match PgStore::connect(url, max_connections).await? {},
         Kind::MySql => match MySqlStore::connect(url, max_connections).await? {},
     })
+}
+
+/// Whether `error` means the database could not be reached (refused, cut, timed out, shut
+/// down): a client should try again later, and readiness fails. Anything else is a fault.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if cause.is::<Unavailable>() {
+            return true;
+        }
+        match cause.downcast_ref::<sqlx::Error>() {
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // PostgreSQL: connection exceptions (08…), shutdown or restart (57P01–57P03);
+            // MariaDB: the connection was killed (70100).
+            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("57P") || code == "70100"
+            }),
+            _ => false,
+        }
+    })
+}
+
+/// The database did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the database did not answer within {0:?}")]
+pub struct Unavailable(pub std::time::Duration);
+
+/// [`connect`], retried with backoff while the database cannot be reached, for up to `patience`;
+/// any other error (a bad URL, a failed migration) at once.
+pub async fn connect_patiently(
+    url: &str,
+    max_connections: u32,
+    patience: std::time::Duration,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match connect(url, max_connections).await {
+            Ok(store) => return Ok(store),
+            Err(error) if is_unavailable(&error) && started.elapsed() + wait < patience => {
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "the database is not reachable yet"
+                );
+                tokio::time::sleep(writer::jitter(wait)).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(error) if is_unavailable(&error) => {
+                return Err(error.context(format!(
+                    "the database was not reachable for {} s (database.connect_timeout_secs)",
+                    started.elapsed().as_secs()
+                )));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

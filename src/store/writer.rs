@@ -27,6 +27,8 @@ pub(crate) const LOOKUP_QUEUE: usize = 1024;
 /// Times a group that lost a deadlock or a serialisation check is run again before its callers
 /// see the error.
 const MAX_ATTEMPTS: u32 = 8;
+/// How long one attempt at a group may take before it fails as unavailable.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait before running such a group again; it doubles, with jitter, each time.
 const RETRY_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -173,7 +175,11 @@ async fn commit_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resu
     let mut wait = RETRY_BACKOFF;
     let mut attempt = 1;
     loop {
-        match write_group(backend, works).await {
+        // A database that stops answering fails the group instead of holding every writer.
+        let attempt_result = tokio::time::timeout(GROUP_TIMEOUT, write_group(backend, works))
+            .await
+            .unwrap_or_else(|_| Err(super::Unavailable(GROUP_TIMEOUT).into()));
+        match attempt_result {
             Err(error) if attempt < MAX_ATTEMPTS && backend.retryable(&error) => {
                 tracing::debug!(attempt, error = %error, "write group conflicted; running it again");
                 tokio::time::sleep(jitter(wait)).await;
