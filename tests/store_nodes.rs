@@ -33,7 +33,9 @@ fn event(i: usize) -> NewEvent {
     NewEvent {
         user: user(&to),
         event: Event::PostLiked(PostLiked::new(PostId::parse(post).unwrap(), user(&by))),
-        idempotency_key: (i % 5 == 0).then(|| IdempotencyKey::parse(format!("k{i}")).unwrap()),
+        idempotency_key: i
+            .is_multiple_of(5)
+            .then(|| IdempotencyKey::parse(format!("k{i}")).unwrap()),
     }
 }
 
@@ -68,7 +70,7 @@ async fn two_nodes_writing_for_the_same_users_keep_every_promise_of_one() {
         for (n, node) in nodes.iter().enumerate() {
             for w in 0..WRITERS_PER_NODE {
                 let items: Vec<usize> = (0..EVENTS)
-                    .filter(|i| i % 5 == 0 || (i / 5) % 2 == n)
+                    .filter(|i| i.is_multiple_of(5) || (i / 5) % 2 == n)
                     .filter(|i| (i / 10) % WRITERS_PER_NODE == w)
                     .collect();
                 tasks.push(tokio::spawn(send(node.clone(), items, logs[n].clone())));
@@ -82,7 +84,7 @@ async fn two_nodes_writing_for_the_same_users_keep_every_promise_of_one() {
         // Each keyed event was stored once: one answer new, the other a duplicate of it.
         let mut keyed: HashMap<usize, Vec<&Appended>> = HashMap::new();
         for (i, a) in &results {
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 keyed.entry(*i).or_default().push(a);
             }
         }
