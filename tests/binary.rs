@@ -2,85 +2,21 @@
 //! SIGTERM, and a restart that keeps events and tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::process::{free_port, json_of, next, signal, start_with, wait_exit, wait_ready};
 
 fn start(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_belay"))
-        .current_dir(dir)
-        .env("BELAY__SERVER__PORT", port.to_string())
-        .env("BELAY__SERVER__WORKERS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("belay starts")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "belay did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_with(dir, port, &[])
 }
 
 fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("belay did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The next SSE event, `None` at the end of the stream; fails after [`WAIT`].
-async fn next<S, E>(events: &mut S) -> Option<eventsource_stream::Event>
-where
-    S: futures_util::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
-    E: std::fmt::Debug,
-{
-    let item = tokio::time::timeout(WAIT, events.next())
-        .await
-        .expect("an event in time");
-    item.map(|r| r.expect("stream error"))
-}
-
-async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.unwrap().json().await.unwrap()
+    signal(child, "TERM");
 }
 
 async fn like(client: &reqwest::Client, base: &str, key: &str, post: &str) -> Value {

@@ -1,4 +1,6 @@
-//! `spawn_app`: the real server on port 0 with a fresh SQLite database, and an SSE client.
+//! `spawn_app`: the real server on port 0 with a fresh database, and an SSE client. The database
+//! is a SQLite file, or with `BELAY_TEST_BACKEND=postgres` (or `mysql`) a fresh database on that
+//! server (see `tests/support`), so the whole HTTP surface runs on each backend.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,10 +21,21 @@ pub struct TestApp {
     pub api_key: String,
     pub client: reqwest::Client,
     pub shutdown: ShutdownHandle,
-    /// The SQLite file of this app.
+    /// The SQLite file of this app (unused on a database server).
     pub db_path: std::path::PathBuf,
     settings: Settings,
     _dir: tempfile::TempDir,
+    _database: Option<std::sync::Arc<crate::support::Database>>,
+}
+
+/// The database server `BELAY_TEST_BACKEND` names, if any.
+pub fn server_backend() -> Option<crate::support::Server> {
+    match std::env::var("BELAY_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(crate::support::Server::Postgres),
+        Ok("mysql") => Some(crate::support::Server::MySql),
+        Ok("sqlite") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("BELAY_TEST_BACKEND={other}: expected sqlite, postgres or mysql"),
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -39,12 +52,29 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.auth.jwt_secret = JWT_SECRET.to_owned().into();
     settings.auth.api_key = format!("key-{}", uuid::Uuid::new_v4()).into();
     settings.auth.dev_secrets_file = dir.path().join("dev-secrets.json");
+    let database = match server_backend() {
+        Some(server) => {
+            let database = crate::support::fresh_database(server)
+                .await
+                .unwrap_or_else(|| {
+                    panic!("BELAY_TEST_BACKEND names {server:?}, which is not reachable")
+                });
+            settings.database.url = database.url.clone();
+            Some(std::sync::Arc::new(database))
+        }
+        None => None,
+    };
     configure(&mut settings);
     let db_path = dir.path().join("belay.db");
-    start(settings, dir, db_path).await
+    start(settings, dir, db_path, database).await
 }
 
-async fn start(settings: Settings, dir: tempfile::TempDir, db_path: std::path::PathBuf) -> TestApp {
+async fn start(
+    settings: Settings,
+    dir: tempfile::TempDir,
+    db_path: std::path::PathBuf,
+    database: Option<std::sync::Arc<crate::support::Database>>,
+) -> TestApp {
     let api_key = secrecy::ExposeSecret::expose_secret(&settings.auth.api_key).to_owned();
     let app = Application::build(settings.clone())
         .await
@@ -63,6 +93,7 @@ async fn start(settings: Settings, dir: tempfile::TempDir, db_path: std::path::P
         db_path,
         settings,
         _dir: dir,
+        _database: database,
     }
 }
 
@@ -70,7 +101,7 @@ impl TestApp {
     /// Stops the node gracefully and starts a new one on the same database and secrets.
     pub async fn restart(self) -> TestApp {
         self.shutdown.shutdown().await;
-        start(self.settings, self._dir, self.db_path).await
+        start(self.settings, self._dir, self.db_path, self._database).await
     }
 
     pub fn url(&self, path: &str) -> String {

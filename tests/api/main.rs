@@ -9,3 +9,5 @@ mod host;
 mod matchmaking;
 mod notifications;
 mod openapi;
+#[path = "../support/mod.rs"]
+mod support;

@@ -748,6 +748,10 @@ async fn a_restart_keeps_queued_climbers_in_place_with_their_queue_time_and_live
 
 #[actix_web::test]
 async fn a_failed_write_leaves_matchmaking_as_the_store_has_it() {
+    if let Some(server) = crate::helpers::server_backend() {
+        eprintln!("skipped on {server:?}: the refusing trigger is SQLite's");
+        return;
+    }
     let app = spawn_app().await;
     let ana = app.token("ana").await;
     let bob = app.token("bob").await;

@@ -5,6 +5,9 @@
 //! fails the test instead.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod proxy;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
