@@ -9,7 +9,8 @@
 //! - [`notifier`]: store first, then publish; the one way events enter the engine.
 //! - [`actors`]: `Hub` (per-worker session registry, fan-out) and `SessionActor` (one per stream).
 //! - [`sse`]: frames encoded once, the bounded per-session outbox, the response body.
-//! - [`store`]: the `Store` trait and its backends (SQLite).
+//! - [`store`]: the `Store` trait, the decisions every backend shares, and the SQLite,
+//!   PostgreSQL and MariaDB/MySQL backends.
 //! - [`domain`]: validated ids and the event catalogue.
 //! - [`error`], [`metrics`], [`telemetry`]: the JSON error type, counters, logging.
 
