@@ -639,10 +639,12 @@ impl Store for PgStore {
 
     async fn delete_read_before(&self, before: DateTime<Utc>, limit: u32) -> anyhow::Result<u64> {
         // Oldest rows first (ids are UUIDv7: their order is their creation order), walking the
-        // primary key until `limit` of them are found.
+        // primary key until `limit` of them are found. Rows another node is deleting are
+        // skipped, not waited for: two nodes' passes never block or deadlock each other.
         let result = sqlx::query(
             "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
-             WHERE read_at IS NOT NULL AND updated_at < $1 ORDER BY id LIMIT $2)",
+             WHERE read_at IS NOT NULL AND updated_at < $1 ORDER BY id LIMIT $2 \
+             FOR UPDATE SKIP LOCKED)",
         )
         .bind(to_ms(before))
         .bind(i64::from(limit))
@@ -659,7 +661,8 @@ impl Store for PgStore {
         limit: u32,
     ) -> anyhow::Result<u64> {
         // Only a user whose head is past `keep` can have more than `keep` rows; for each, the
-        // rows at or below the cursor just under their `keep` newest.
+        // rows at or below the cursor just under their `keep` newest. Only the notifications
+        // are locked (never a head row), and those another node is deleting are skipped.
         let result = sqlx::query(
             "DELETE FROM notifications WHERE id IN ( \
                  SELECT n.id FROM user_cursors u \
@@ -667,7 +670,7 @@ impl Store for PgStore {
                      WHERE user_id = u.user_id ORDER BY cursor DESC OFFSET $1 LIMIT 1) edge \
                  JOIN notifications n ON n.user_id = u.user_id AND n.cursor <= edge.cursor \
                  WHERE u.last_cursor > $1 AND n.read_at IS NOT NULL AND n.updated_at < $2 \
-                 ORDER BY n.id LIMIT $3)",
+                 ORDER BY n.id LIMIT $3 FOR UPDATE OF n SKIP LOCKED)",
         )
         .bind(i64::from(keep))
         .bind(to_ms(before))
@@ -809,6 +812,70 @@ mod tests {
                 ("cy".into(), 0, 0)
             ]
         );
+        drop(store);
+        drop_database(&name).await;
+    }
+
+    /// Retention skips the rows another node's pass holds instead of waiting for them, and
+    /// deletes only read rows, oldest first.
+    #[tokio::test]
+    async fn retention_skips_rows_another_pass_holds_and_keeps_unread_ones() {
+        use crate::domain::{PostId, PostLiked};
+        let Some((name, url)) = fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(&url, 4)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let user = |s: &str| UserId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let likes: Vec<NewEvent> = (1..=10)
+            .map(|i| NewEvent {
+                user: user("ana"),
+                event: Event::PostLiked(PostLiked::new(
+                    PostId::parse(format!("p{i}")).unwrap_or_else(|e| panic!("{e}")),
+                    user("bob"),
+                )),
+                idempotency_key: None,
+            })
+            .collect();
+        store.append(likes).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .mark_read(&user("ana"), &ReadSelector::UpTo(Cursor(6)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        // Another pass holds the oldest read row.
+        let mut other = store.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("SELECT 1 FROM notifications WHERE cursor = 1 FOR UPDATE")
+            .execute(&mut *other)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let later = Utc::now() + chrono::Duration::days(1);
+        let deleted = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.delete_read_beyond(2, later, 100),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("retention waited for the held row"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(deleted, 5, "cursors 2..=6: read, and not held");
+        other.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+        assert_eq!(
+            store.delete_read_before(later, 100).await.ok(),
+            Some(1),
+            "the row no longer held"
+        );
+        let left: Vec<i64> = store
+            .events_after(&user("ana"), Cursor::ZERO, 100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|n| n.cursor.0)
+            .collect();
+        assert_eq!(left, vec![7, 8, 9, 10]);
+        assert_eq!(store.unread_count(&user("ana")).await.ok(), Some(4));
+        assert_eq!(store.head(&user("ana")).await.ok(), Some(Cursor(10)));
         drop(store);
         drop_database(&name).await;
     }
