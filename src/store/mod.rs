@@ -3,6 +3,7 @@
 
 mod mysql;
 mod postgres;
+mod postgres_play;
 pub mod retention;
 mod rules;
 mod sqlite;
@@ -241,7 +242,7 @@ impl Kind {
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match Kind::of(url)? {
         Kind::Sqlite => Arc::new(SqliteStore::connect(url, max_connections).await?),
-        Kind::Postgres => match PgStore::connect(url, max_connections).await? {},
+        Kind::Postgres => Arc::new(PgStore::connect(url, max_connections).await?),
         Kind::MySql => match MySqlStore::connect(url, max_connections).await? {},
     })
 }
