@@ -9,7 +9,7 @@
 //! - [`notifier`]: store first, then publish; the one way events enter the engine.
 //! - [`actors`]: `Hub` (per-worker session registry, fan-out) and `SessionActor` (one per stream).
 //! - [`sse`]: frames encoded once, the bounded per-session outbox, the response body.
-//! - [`push`]: what a push says per event kind, and the FCM HTTP v1 provider.
+//! - [`push`]: what a push says per event kind, and the FCM HTTP v1 and Web Push providers.
 //! - [`store`]: the `Store` trait and its backends (SQLite).
 //! - [`domain`]: validated ids and the event catalogue.
 //! - [`error`], [`metrics`], [`telemetry`]: the JSON error type, counters, logging.

@@ -1,13 +1,15 @@
-//! Push delivery to climbers with no live stream: what a push says ([`message`]) and the
-//! provider that carries it, Firebase Cloud Messaging HTTP v1 ([`fcm`]).
+//! Push delivery to climbers with no live stream: what a push says ([`message`]) and the two
+//! providers that carry it, Firebase Cloud Messaging HTTP v1 ([`fcm`]) and Web Push
+//! ([`webpush`]).
 //!
 //! Each provider turns one send into an [`Outcome`]; deciding what to do with it (retry when,
 //! drop which device, raise which alarm) is the caller's, so the providers hold no queue and no
-//! per-device state. It talks HTTPS through reqwest on rustls with the ring provider: no OpenSSL
+//! per-device state. Both talk HTTPS through reqwest on rustls with the ring provider: no OpenSSL
 //! and no aws-lc anywhere in the build.
 
 pub mod fcm;
 pub mod message;
+pub mod webpush;
 
 #[cfg(test)]
 mod fake;
