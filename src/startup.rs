@@ -50,6 +50,7 @@ impl ShutdownHandle {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        crate::push::install_tls_provider();
         let secrets = settings.auth.resolve_secrets()?;
         let database = &settings.database;
         let store = store::connect_patiently(

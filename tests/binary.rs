@@ -36,7 +36,7 @@ async fn the_binary_runs_from_an_empty_folder_stops_on_sigterm_and_restarts_with
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = support::process::client();
     let mut child = start(dir.path(), port);
     wait_ready(&client, &base).await;
     assert!(

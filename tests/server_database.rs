@@ -135,7 +135,7 @@ async fn send_like(client: &reqwest::Client, base: &str, key: &str, i: usize) ->
 /// Reads Ana's stream from the start (reconnecting with the last id whenever it ends) until
 /// cursor `until`; returns every stored event's id in arrival order.
 async fn read_stream(base: String, token: String, until: i64) -> Vec<i64> {
-    let client = reqwest::Client::new();
+    let client = support::process::client();
     let mut seen: Vec<i64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while seen.last().copied().unwrap_or(0) < until {
@@ -177,7 +177,7 @@ async fn a_sigkill_mid_stream_on_a_database_server_loses_and_repeats_nothing() {
     for database in databases().await {
         let name = database.server.name();
         let node = Node::new(&database.url);
-        let client = reqwest::Client::new();
+        let client = support::process::client();
         let mut child = node.start();
         wait_ready(&client, &node.base).await;
         let (token, key) = node.token_and_key(&client).await;
@@ -188,7 +188,7 @@ async fn a_sigkill_mid_stream_on_a_database_server_loses_and_repeats_nothing() {
         let sender = tokio::spawn({
             let (base, key) = (node.base.clone(), key.clone());
             async move {
-                let client = reqwest::Client::new();
+                let client = support::process::client();
                 for i in 1..=LIKES {
                     send_like(&client, &base, &key, i).await;
                 }
@@ -219,7 +219,7 @@ async fn a_database_gone_for_ten_seconds_gives_503s_then_everything_recovers() {
         let name = server.name();
         let mut proxy = Proxy::start(upstream(server)).await;
         let node = Node::new(&through(&database.url, server, &proxy));
-        let client = reqwest::Client::new();
+        let client = support::process::client();
         let mut child = node.start();
         wait_ready(&client, &node.base).await;
         let (token, key) = node.token_and_key(&client).await;
@@ -245,7 +245,7 @@ async fn a_database_gone_for_ten_seconds_gives_503s_then_everything_recovers() {
         let sender = tokio::spawn({
             let (base, key) = (node.base.clone(), key.clone());
             async move {
-                let client = reqwest::Client::new();
+                let client = support::process::client();
                 let mut refused = 0;
                 for i in 21..=40 {
                     refused += send_like(&client, &base, &key, i).await.len();
@@ -296,9 +296,12 @@ async fn a_database_missing_at_start_is_waited_for_then_given_up_on() {
         node.env.pop();
         let mut child = node.start();
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert!(child.0.try_wait().unwrap().is_none(), "{name}: still waiting");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "{name}: still waiting"
+        );
         proxy.resume().await;
-        let client = reqwest::Client::new();
+        let client = support::process::client();
         wait_ready(&client, &node.base).await;
         signal(&child.0, "TERM");
         assert!(wait_exit(&mut child.0).success(), "{name}");

@@ -61,6 +61,8 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Belay's reqwest build has no default TLS provider: install it before any client is built.
+    belay::push::install_tls_provider();
     let result = match cli.scenario {
         // A worker runs one thread of its own: the parallelism comes from several processes.
         Scenario::Worker(args) => worker::main(args),

@@ -178,7 +178,7 @@ impl Clock for ManualClock {
 
 /// The HTTP client both providers use: rustls with ring, named timeouts, a bounded idle pool.
 fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    install_ring_provider();
+    install_tls_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -188,11 +188,13 @@ fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// reqwest is built without a default crypto provider (its default would be aws-lc); rustls
-/// needs one installed process-wide before the first client is built.
+/// needs one installed process-wide before the first client is built, by any part of the
+/// process: the server installs it at start, and so must any other program that links Belay
+/// and builds a reqwest client (the tests, the load tool).
 // rustls 0.23.48 deprecates ring's provider because it lacks post-quantum key exchange; ring is
 // the project's choice (no aws-lc build), and FCM and push services still offer classic groups.
 #[expect(deprecated)]
-fn install_ring_provider() {
+pub fn install_tls_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Err means another part of the process installed one first, which serves as well.

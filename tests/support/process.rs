@@ -31,6 +31,13 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         .expect("belay starts")
 }
 
+/// An HTTP client for the tests (the process's TLS provider installed first, as Belay's own
+/// reqwest build needs).
+pub fn client() -> reqwest::Client {
+    belay::push::install_tls_provider();
+    reqwest::Client::new()
+}
+
 pub async fn wait_ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
