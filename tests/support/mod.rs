@@ -156,7 +156,7 @@ impl Backend {
 }
 
 /// The backends the contract tests run against.
-const SERVERS: &[Server] = &[];
+const SERVERS: &[Server] = &[Server::MySql];
 
 /// Every backend this build has, each on its own fresh database.
 pub async fn backends() -> Vec<(&'static str, Backend)> {
