@@ -248,7 +248,7 @@ pub(crate) fn plan_appends(
         }
     }
     let mut moved: Vec<&Touched> = rows.values().filter(|r| r.changed && !r.is_new).collect();
-    moved.sort_by(|a, b| a.stored.notification.id.cmp(&b.stored.notification.id));
+    moved.sort_by_key(|a| a.stored.notification.id);
     for row in moved {
         let n = &row.stored.notification;
         writes.moved.push(Moved {
