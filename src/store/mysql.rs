@@ -604,13 +604,13 @@ impl MySqlStore {
         let mut marked = 0;
         match selector {
             ReadSelector::All | ReadSelector::UpTo(_) => {
-                let sql = match selector {
-                    ReadSelector::UpTo(_) => format!("{base} AND `cursor` <= ?"),
-                    _ => base.to_owned(),
+                let (sql, up_to) = match selector {
+                    ReadSelector::UpTo(c) => (format!("{base} AND `cursor` <= ?"), Some(c.0)),
+                    _ => (base.to_owned(), None),
                 };
                 let mut query = sqlx::query(&sql).bind(now).bind(user.as_str());
-                if let ReadSelector::UpTo(c) = selector {
-                    query = query.bind(c.0);
+                if let Some(cursor) = up_to {
+                    query = query.bind(cursor);
                 }
                 marked += query
                     .execute(&mut *tx)
