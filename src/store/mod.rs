@@ -2,6 +2,7 @@
 //! backend; the engine only sees `Arc<dyn Store>`.
 
 mod mysql;
+mod mysql_play;
 mod postgres;
 mod postgres_play;
 pub mod retention;
@@ -243,7 +244,7 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn 
     Ok(match Kind::of(url)? {
         Kind::Sqlite => Arc::new(SqliteStore::connect(url, max_connections).await?),
         Kind::Postgres => Arc::new(PgStore::connect(url, max_connections).await?),
-        Kind::MySql => match MySqlStore::connect(url, max_connections).await? {},
+        Kind::MySql => Arc::new(MySqlStore::connect(url, max_connections).await?),
     })
 }
 

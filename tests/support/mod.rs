@@ -159,7 +159,7 @@ impl Backend {
 }
 
 /// The backends the contract tests run against.
-const SERVERS: &[Server] = &[Server::Postgres];
+const SERVERS: &[Server] = &[Server::Postgres, Server::MySql];
 
 /// Every backend this build has, each on its own fresh database.
 pub async fn backends() -> Vec<(&'static str, Backend)> {
