@@ -12,7 +12,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
 use super::postgres::{PgTx, from_ms, to_ms};
-use super::rules::{PlayTx, ascent_columns};
+use super::rules::{PlayTx, ascent_columns, rank_page};
 use crate::domain::{
     Challenge, Discipline, LeaderboardEntry, Match, NewAscent, QueuedTicket, Rating, Scope, UserId,
 };
@@ -333,24 +333,18 @@ pub(super) async fn leaderboard(
     .fetch_all(pool)
     .await
     .context("reading the leaderboard")?;
-    let mut entries: Vec<LeaderboardEntry> = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        let r = rating_from_row(row)?;
-        let rank = match entries.last() {
-            Some(prev) if prev.rating == r.rating => prev.rank,
-            Some(_) => offset.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)) + 1,
-            None => {
-                let above: i64 = row.try_get("above")?;
-                u32::try_from(above).unwrap_or(u32::MAX).saturating_add(1)
-            }
-        };
-        entries.push(LeaderboardEntry {
-            rank,
-            user_id: user_from_row(row)?,
-            rating: r.rating,
-            deviation: r.deviation,
-            matches: r.matches,
-        });
-    }
-    Ok(entries)
+    let above: i64 = rows
+        .first()
+        .map(|row| row.try_get("above"))
+        .transpose()?
+        .unwrap_or(0);
+    let page = rows
+        .iter()
+        .map(|row| Ok((user_from_row(row)?, rating_from_row(row)?)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(rank_page(
+        offset,
+        u32::try_from(above).unwrap_or(u32::MAX),
+        page,
+    ))
 }

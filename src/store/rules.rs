@@ -19,8 +19,8 @@ use uuid::Uuid;
 use super::{AppendOutcome, Appended};
 use crate::domain::event::Performance;
 use crate::domain::{
-    AscentOutcome, AscentResult, Challenge, ChangeOutcome, Discipline, Event, Match, NewAscent,
-    NewEvent, Notification, QueuedTicket, Rating, Settlement, UserId,
+    AscentOutcome, AscentResult, Challenge, ChangeOutcome, Discipline, Event, LeaderboardEntry,
+    Match, NewAscent, NewEvent, Notification, QueuedTicket, Rating, Settlement, UserId,
 };
 use crate::matchmaking::rating::{self, RankInputs};
 
@@ -544,4 +544,142 @@ pub(crate) fn ascent_columns(
         AscentResult::Grade(g) => (Some(g.to_string()), Some(i64::from(g.difficulty())), None),
         AscentResult::TimeMs(ms) => (None, None, Some(i64::try_from(*ms)?)),
     })
+}
+
+/// Ranks one page of the leaderboard, read highest rating first (ties by user id) from place
+/// `offset`: the first row's rank is one more than the climbers rated above it (`above_first`),
+/// and each row after it keeps the rank of the row above when tied with it, else takes its place.
+pub(crate) fn rank_page(
+    offset: u32,
+    above_first: u32,
+    rows: Vec<(UserId, Rating)>,
+) -> Vec<LeaderboardEntry> {
+    let mut entries: Vec<LeaderboardEntry> = Vec::with_capacity(rows.len());
+    for (i, (user_id, r)) in rows.into_iter().enumerate() {
+        let rank = match entries.last() {
+            Some(prev) if prev.rating == r.rating => prev.rank,
+            Some(_) => offset.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)) + 1,
+            None => above_first.saturating_add(1),
+        };
+        entries.push(LeaderboardEntry {
+            rank,
+            user_id,
+            rating: r.rating,
+            deviation: r.deviation,
+            matches: r.matches,
+        });
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{IdempotencyKey, PostId, PostLiked};
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rated(id: &str, rating: f64) -> (UserId, Rating) {
+        let r = Rating {
+            rating,
+            ..rating::initial()
+        };
+        (user(id), r)
+    }
+
+    #[test]
+    fn a_page_ranks_ties_alike_and_starts_from_the_climbers_above_it() {
+        // Places 3.. of a board whose top two are rated above 1600, and a tie at 1600 that
+        // began at place 2 (one of its climbers is on the page before).
+        let page = rank_page(
+            2,
+            1,
+            vec![
+                rated("cy", 1600.0),
+                rated("dan", 1600.0),
+                rated("eve", 1550.0),
+                rated("fay", 1550.0),
+                rated("gus", 1500.0),
+            ],
+        );
+        let ranks: Vec<u32> = page.iter().map(|e| e.rank).collect();
+        assert_eq!(ranks, [2, 2, 5, 5, 7]);
+        assert!(rank_page(0, 0, Vec::new()).is_empty());
+    }
+
+    fn like(to: &str, post: &str, by: &str, key: Option<&str>) -> NewEvent {
+        NewEvent {
+            user: user(to),
+            event: Event::PostLiked(PostLiked::new(
+                PostId::parse(post).unwrap_or_else(|e| panic!("{e}")),
+                user(by),
+            )),
+            idempotency_key: key
+                .map(|k| IdempotencyKey::parse(k).unwrap_or_else(|e| panic!("{e}"))),
+        }
+    }
+
+    #[test]
+    fn a_group_follows_on_from_each_users_head_collapses_and_answers_repeated_keys() {
+        let items = [
+            like("ana", "p1", "bob", Some("k1")),
+            like("ana", "p1", "cy", None),
+            like("ana", "p1", "bob", Some("k1")),
+            like("bob", "p9", "ana", None),
+        ];
+        let refs: Vec<&NewEvent> = items.iter().collect();
+        let found = Found {
+            heads: [("ana".to_owned(), 7)].into_iter().collect(),
+            ..Found::default()
+        };
+        let (out, writes) = plan_appends(&refs, found, crate::store::writer::now_ms())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(AppendOutcome, i64)> = out
+            .iter()
+            .map(|a| (a.outcome, a.notification.cursor.0))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (AppendOutcome::Created, 8),
+                (AppendOutcome::Collapsed, 9),
+                (AppendOutcome::Duplicate, 9),
+                (AppendOutcome::Created, 1),
+            ]
+        );
+        assert_eq!(out[0].notification.id, out[1].notification.id);
+        assert_eq!(
+            writes.new_rows.len(),
+            2,
+            "the collapsed like is written once, new"
+        );
+        assert!(writes.moved.is_empty(), "it was not in the database before");
+        let heads: Vec<(&str, i64, i64)> = writes
+            .heads
+            .iter()
+            .map(|h| (h.user.as_str(), h.last_cursor, h.created))
+            .collect();
+        assert_eq!(heads, [("ana", 9, 1), ("bob", 1, 1)]);
+        assert_eq!(writes.keys.len(), 1);
+    }
+
+    #[test]
+    fn a_key_whose_notification_is_gone_writes_its_event_again() {
+        let items = [like("ana", "p1", "bob", Some("k1"))];
+        let refs: Vec<&NewEvent> = items.iter().collect();
+        let found = Found {
+            heads: [("ana".to_owned(), 3)].into_iter().collect(),
+            keys: [(("ana".to_owned(), "k1".to_owned()), Uuid::now_v7())]
+                .into_iter()
+                .collect(),
+            rows: Vec::new(),
+        };
+        let (out, writes) = plan_appends(&refs, found, crate::store::writer::now_ms())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out[0].outcome, AppendOutcome::Created);
+        assert_eq!(out[0].notification.cursor.0, 4);
+        assert_eq!(writes.keys.len(), 1, "the key is taken over");
+    }
 }

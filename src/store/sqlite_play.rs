@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::rules::{FoldedRows, PlayTx, ascent_columns};
+use super::rules::{FoldedRows, PlayTx, ascent_columns, rank_page};
 use super::sqlite::{SqliteTx, Statements, push_list};
 use super::writer::padded;
 use crate::domain::{
@@ -388,53 +388,44 @@ pub(super) async fn ratings_of(
         .collect()
 }
 
-/// One page of the leaderboard. The first row's rank is counted; the others follow from it
-/// (a tie keeps the rank of the row above).
+/// One page of the leaderboard, ranked by [`rank_page`].
 pub(super) async fn leaderboard(
     pool: &SqlitePool,
     discipline: Discipline,
     offset: u32,
     limit: u32,
 ) -> anyhow::Result<Vec<LeaderboardEntry>> {
-    // One read transaction: the page and the rank of its first row see the same ratings.
-    let mut tx = pool.begin().await.context("begin leaderboard read")?;
+    // One statement, so one snapshot: the page and the count above its first row see the same
+    // ratings.
     let rows = sqlx::query(
-        "SELECT user_id, rating, deviation, volatility, matches FROM ratings \
-         WHERE discipline = ?1 ORDER BY rating DESC, user_id ASC LIMIT ?2 OFFSET ?3",
+        "WITH page AS (SELECT user_id, rating, deviation, volatility, matches FROM ratings \
+                       WHERE discipline = ?1 ORDER BY rating DESC, user_id ASC LIMIT ?2 OFFSET ?3) \
+         SELECT page.*, (SELECT COUNT(*) FROM ratings WHERE discipline = ?1 \
+                         AND rating > (SELECT MAX(rating) FROM page)) AS above \
+         FROM page ORDER BY rating DESC, user_id ASC",
     )
     .bind(discipline.as_str())
     .bind(i64::from(limit))
     .bind(i64::from(offset))
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await
     .context("reading the leaderboard")?;
-    let mut entries: Vec<LeaderboardEntry> = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        let r = rating_from_row(row)?;
-        let user_id =
-            UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
-        let rank = match entries.last() {
-            Some(prev) if prev.rating == r.rating => prev.rank,
-            Some(_) => offset.saturating_add(u32::try_from(i).unwrap_or(u32::MAX)) + 1,
-            None => {
-                let above: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM ratings WHERE discipline = ?1 AND rating > ?2",
-                )
-                .bind(discipline.as_str())
-                .bind(r.rating)
-                .fetch_one(&mut *tx)
-                .await
-                .context("ranking the leaderboard page")?;
-                u32::try_from(above).unwrap_or(u32::MAX).saturating_add(1)
-            }
-        };
-        entries.push(LeaderboardEntry {
-            rank,
-            user_id,
-            rating: r.rating,
-            deviation: r.deviation,
-            matches: r.matches,
-        });
-    }
-    Ok(entries)
+    let above: i64 = rows
+        .first()
+        .map(|row| row.try_get("above"))
+        .transpose()?
+        .unwrap_or(0);
+    let page = rows
+        .iter()
+        .map(|row| {
+            let user =
+                UserId::parse(row.try_get::<String, _>("user_id")?).map_err(anyhow::Error::msg)?;
+            Ok((user, rating_from_row(row)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(rank_page(
+        offset,
+        u32::try_from(above).unwrap_or(u32::MAX),
+        page,
+    ))
 }
