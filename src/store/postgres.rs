@@ -81,9 +81,13 @@ impl PgStore {
             .await
             .with_context(|| format!("applying migrations to {server}"))?;
         first.close().await.ok();
+        // No ping before lending a connection: it was one more round trip per write group and
+        // per read. A connection the server dropped fails its next use instead; the writer
+        // opens its transaction again on a fresh one (writer.rs), a read answers 503 once.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to {server}"))?;

@@ -85,7 +85,12 @@ pub(crate) fn now_ms() -> DateTime<Utc> {
 /// Commits a group of works in one transaction: each work's changes in order, then every event
 /// (each work's batch followed by what its changes produced).
 async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
-    let mut tx = backend.begin().await?;
+    let mut tx = match backend.begin().await {
+        // A pooled connection the server has dropped (it restarted, or cut idle connections):
+        // nothing was sent in this transaction yet, so opening it again on another is safe.
+        Err(error) if super::is_unavailable(&error) => backend.begin().await?,
+        opened => opened?,
+    };
     let now = now_ms();
     let mut outcomes = Vec::with_capacity(works.len());
     let mut produced = Vec::with_capacity(works.len());
