@@ -23,6 +23,46 @@ pub struct Settings {
     pub log: LogSettings,
     pub matchmaking: MatchmakingSettings,
     pub retention: RetentionSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://HOST:PORT`: cluster mode. Empty: a single node, no Redis.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl RedisSettings {
+    /// The Redis URL when cluster mode is on.
+    pub fn url(&self) -> Option<&str> {
+        Some(self.url.trim()).filter(|u| !u.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// How long the matchmaker lease lasts without a renewal; a dead leader is replaced after
+    /// about this long (renewals every third of it).
+    pub lease_ttl_ms: u64,
+    /// How long a request waits for the matchmaker leader's answer before a 503.
+    pub command_timeout_ms: u64,
+    /// Prefix of every Redis key and channel; several clusters can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            lease_ttl_ms: 3000,
+            command_timeout_ms: 5000,
+            key_prefix: "belay".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +258,10 @@ impl Settings {
             "limits.max_page must be at least 1"
         );
         crate::store::Kind::of(&self.database.url).context("database.url")?;
+        anyhow::ensure!(
+            self.cluster.lease_ttl_ms >= 300 && self.cluster.command_timeout_ms >= 1,
+            "cluster.lease_ttl_ms must be at least 300 and cluster.command_timeout_ms at least 1"
+        );
         anyhow::ensure!(
             self.database.max_connections >= 1,
             "database.max_connections must be at least 1"

@@ -12,10 +12,12 @@
 //! - [`push`]: what a push says per event kind, and the FCM HTTP v1 and Web Push providers.
 //! - [`store`]: the `Store` trait, the decisions every backend shares, and the SQLite,
 //!   PostgreSQL and MariaDB/MySQL backends.
+//! - [`cluster`]: the matchmaker lease in Redis and the command stream to its leader.
 //! - [`domain`]: validated ids and the event catalogue.
 //! - [`error`], [`metrics`], [`telemetry`]: the JSON error type, counters, logging.
 
 pub mod actors;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

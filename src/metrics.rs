@@ -22,6 +22,12 @@ pub struct Metrics {
     pub matches_live: AtomicI64,
     pub challenges_pending: AtomicI64,
     pub retention_deleted: AtomicU64,
+    /// Cluster mode: 1 while this node holds the matchmaker lease.
+    pub lease_holder: AtomicI64,
+    pub lease_changes: AtomicU64,
+    pub commands_applied: AtomicU64,
+    /// Age of the last stream command when the leader took it, in milliseconds.
+    pub command_stream_lag_ms: AtomicI64,
 }
 
 impl Metrics {
@@ -30,7 +36,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -91,9 +97,19 @@ impl Metrics {
                 "Read notifications deleted by retention",
                 &self.retention_deleted,
             ),
+            (
+                "belay_matchmaker_lease_changes_total",
+                "Times this node took or lost the matchmaker lease",
+                &self.lease_changes,
+            ),
+            (
+                "belay_matchmaker_commands_applied_total",
+                "Stream commands this node applied as the matchmaker leader",
+                &self.commands_applied,
+            ),
         ];
         let mut out = String::new();
-        let gauges: [(&str, &str, &AtomicI64); 4] = [
+        let gauges: [(&str, &str, &AtomicI64); 6] = [
             (
                 "belay_sessions_open",
                 "SSE sessions open on this node",
@@ -113,6 +129,16 @@ impl Metrics {
                 "belay_challenges_pending",
                 "Direct challenges awaiting an answer",
                 &self.challenges_pending,
+            ),
+            (
+                "belay_matchmaker_lease_holder",
+                "1 while this node holds the matchmaker lease (cluster mode)",
+                &self.lease_holder,
+            ),
+            (
+                "belay_matchmaker_command_lag_ms",
+                "Age of the last stream command when the leader took it, in milliseconds",
+                &self.command_stream_lag_ms,
             ),
         ];
         for (name, help, value) in gauges {

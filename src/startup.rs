@@ -39,10 +39,16 @@ pub struct Application {
 pub struct ShutdownHandle {
     server: ServerHandle,
     hubs: Arc<HubSet>,
+    /// Cluster mode: left first, so another node takes the matchmaker over at once.
+    membership: Arc<std::sync::Mutex<Option<crate::cluster::Membership>>>,
 }
 
 impl ShutdownHandle {
     pub async fn shutdown(&self) {
+        let membership = self.membership.lock().ok().and_then(|mut m| m.take());
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
         self.hubs.drain_all();
         self.server.stop(true).await;
     }
@@ -80,15 +86,33 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let notifier = Notifier::new(store.clone(), hubs.clone(), metrics.clone());
-        let (engine, restored) = load_engine(
-            store.as_ref(),
-            settings.matchmaking.policy.clone(),
-            settings.matchmaking.timing(),
-        )
-        .await
-        .context("restoring matchmaking")?;
-        let matchmaker =
-            MatchmakerActor::new(engine, restored, notifier.clone(), metrics.clone()).start();
+        let (matchmaker, membership) = match settings.redis.url() {
+            Some(url) => {
+                let (matchmaker, membership) = crate::cluster::join(
+                    url,
+                    &settings,
+                    store.clone(),
+                    notifier.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .context("joining the cluster")?;
+                (matchmaker, Some(membership))
+            }
+            None => {
+                let (engine, restored) = load_engine(
+                    store.as_ref(),
+                    settings.matchmaking.policy.clone(),
+                    settings.matchmaking.timing(),
+                )
+                .await
+                .context("restoring matchmaking")?;
+                let actor =
+                    MatchmakerActor::new(engine, restored, notifier.clone(), metrics.clone())
+                        .start();
+                (crate::cluster::Matchmaker::Local(actor), None)
+            }
+        };
         let state = web::Data::new(AppState {
             matchmaker,
             known_users: Default::default(),
@@ -148,6 +172,7 @@ impl Application {
         let shutdown = ShutdownHandle {
             server: server.handle(),
             hubs,
+            membership: Arc::new(std::sync::Mutex::new(membership)),
         };
         Ok(Application {
             port,

@@ -1073,3 +1073,140 @@ async fn within_one_write_the_last_change_of_each_key_wins() {
         assert!(store.user_known(&user("ana")).await.unwrap(), "{name}");
     }
 }
+
+// ---- the matchmaker fence (cluster mode) ----
+
+fn fence(token: i64, command: Option<&str>) -> Change {
+    Change::Fence {
+        token,
+        command: command.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_store_has_fence_zero_and_no_command_applied() {
+    for (name, backend) in backends().await {
+        let read = backend.store.matchmaker_fence().await.unwrap();
+        assert_eq!(read.token, 0, "{name}");
+        assert_eq!(read.last_command, None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn the_last_command_applied_reads_back_for_a_new_leader() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        save(store, vec![fence(1, Some("1700000000000-0"))]).await;
+        save(store, vec![fence(1, Some("1700000000001-3"))]).await;
+        // A timer's step carries the number but no command: the command id stays.
+        save(store, vec![fence(1, None), Change::SeeUser(user("ana"))]).await;
+        let read = backend
+            .another_node()
+            .await
+            .matchmaker_fence()
+            .await
+            .unwrap();
+        assert_eq!(read.token, 1, "{name}");
+        assert_eq!(
+            read.last_command.as_deref(),
+            Some("1700000000001-3"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_fence_refuses_its_whole_transaction_and_writes_nothing() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        save(store, vec![fence(2, Some("5-0"))]).await;
+        // The successor (number 3) has written; the deposed leader (2) wakes and tries.
+        let successor = backend.another_node().await;
+        successor
+            .apply_then(vec![fence(3, Some("6-0"))], Vec::new(), Box::new(|_| ()))
+            .await
+            .unwrap();
+        let m = a_match("ana", "bob", Discipline::Boulder, MatchStatus::ReadyCheck);
+        let hooked = Arc::new(Mutex::new(0usize));
+        let counted = hooked.clone();
+        let refused = store
+            .apply_then(
+                vec![
+                    fence(2, Some("7-0")),
+                    Change::SaveMatch(m.clone()),
+                    Change::SeeUser(user("carla")),
+                ],
+                vec![like("ana", "p1")],
+                Box::new(move |appended| *counted.lock().unwrap() += appended.len()),
+            )
+            .await
+            .expect_err("a stale number is refused");
+        assert!(belay::store::Fenced::is(&refused), "{name}: {refused:#}");
+        assert_eq!(*hooked.lock().unwrap(), 0, "{name}: nothing published");
+        assert_eq!(store.get_match(m.match_id).await.unwrap(), None, "{name}");
+        assert!(!store.user_known(&user("carla")).await.unwrap(), "{name}");
+        assert!(
+            events_after(store, "ana", Cursor(0)).await.is_empty(),
+            "{name}: no event stored"
+        );
+        let read = store.matchmaker_fence().await.unwrap();
+        assert_eq!(
+            (read.token, read.last_command.as_deref()),
+            (3, Some("6-0")),
+            "{name}"
+        );
+        // The same number as the recorded one still writes: it is the current leader's.
+        save(
+            store,
+            vec![fence(3, Some("8-0")), Change::SaveMatch(m.clone())],
+        )
+        .await;
+        assert!(
+            store.get_match(m.match_id).await.unwrap().is_some(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_fence_does_not_fail_other_writers_grouped_with_it() {
+    for (name, backend) in backends().await {
+        let store = backend.store.clone();
+        save(store.as_ref(), vec![fence(9, None)]).await;
+        // Concurrent calls are grouped into one transaction by the writer: the stale one must
+        // fail alone.
+        let stale = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .apply_then(
+                        vec![fence(8, Some("1-0"))],
+                        vec![like("ana", "p1")],
+                        Box::new(|_| ()),
+                    )
+                    .await
+            })
+        };
+        let fine: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(vec![like("bob", &format!("p{i}"))]).await })
+            })
+            .collect();
+        assert!(stale.await.unwrap().is_err(), "{name}");
+        for f in fine {
+            f.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            events_after(store.as_ref(), "bob", Cursor(0)).await.len(),
+            8,
+            "{name}"
+        );
+        assert!(
+            events_after(store.as_ref(), "ana", Cursor(0))
+                .await
+                .is_empty(),
+            "{name}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::cluster::commands::{Answer, Command};
 use crate::domain::{Challenge, Discipline, Match, UserId};
 use crate::matchmaking::Millis;
 use crate::matchmaking::engine::{Engine, QueueSpot, Refusal, Step, Timing};
@@ -21,7 +22,7 @@ use crate::matchmaking::policy::Policy;
 use crate::matchmaking::pool::{Pool, QueueKey};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// Steps merged into one store transaction at most.
 const MAX_STEPS_PER_COMMIT: usize = 512;
@@ -40,6 +41,9 @@ pub enum MatchmakingError {
     Refused(#[from] Refusal),
     #[error("storing the change failed: {0}")]
     Store(String),
+    /// Cluster mode: the store refused this node's fencing number; it no longer leads.
+    #[error("this node no longer runs the matchmaker")]
+    Fenced,
 }
 
 type Reply<T> = Result<T, MatchmakingError>;
@@ -51,7 +55,23 @@ fn now_ms() -> Millis {
 /// A step on its way to the store, with whoever waits for it.
 struct Commit {
     step: Step,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<(), Failed>>>,
+}
+
+/// Why a commit failed, as its waiters see it.
+#[derive(Debug, Clone)]
+enum Failed {
+    Store(String),
+    Fenced,
+}
+
+impl From<Failed> for MatchmakingError {
+    fn from(failed: Failed) -> Self {
+        match failed {
+            Failed::Store(message) => MatchmakingError::Store(message),
+            Failed::Fenced => MatchmakingError::Fenced,
+        }
+    }
 }
 
 /// Builds an engine from what the store holds: live matches, pending challenges, queue
@@ -96,14 +116,24 @@ async fn committer(
             works.push((commit.step.changes, commit.step.events));
             waiting.push(commit.done);
         }
-        let result = notifier
-            .apply(works)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"));
-        if let Err(error) = &result {
-            tracing::error!(%error, "committing matchmaking changes; reloading from the store");
-            actor.do_send(Resync);
+        let result = notifier.apply(works).await.map(|_| ()).map_err(|e| {
+            if crate::store::Fenced::is(&e) {
+                Failed::Fenced
+            } else {
+                Failed::Store(format!("{e:#}"))
+            }
+        });
+        match &result {
+            Ok(()) => {}
+            Err(Failed::Fenced) => {
+                // A successor has written: this engine must not act again.
+                tracing::warn!("the store refused this node's fencing number; stepping down");
+                actor.do_send(StepDown);
+            }
+            Err(Failed::Store(error)) => {
+                tracing::error!(%error, "committing matchmaking changes; reloading from the store");
+                actor.do_send(Resync);
+            }
         }
         for done in waiting.into_iter().flatten() {
             let _ = done.send(result.clone());
@@ -120,6 +150,8 @@ pub struct MatchmakerActor {
     /// The pending timer and when it fires.
     timer: Option<(Millis, SpawnHandle)>,
     metrics: std::sync::Arc<Metrics>,
+    /// Cluster mode: the lease's fencing number, carried by every transaction of this engine.
+    fence: Option<i64>,
 }
 
 impl MatchmakerActor {
@@ -130,25 +162,59 @@ impl MatchmakerActor {
         notifier: Notifier,
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
+        Self::with_fence(engine, restored, notifier, metrics, None)
+    }
+
+    /// [`MatchmakerActor::new`] for the cluster's leader: every step carries `fence`.
+    pub fn with_fence(
+        engine: Engine,
+        restored: Step,
+        notifier: Notifier,
+        metrics: std::sync::Arc<Metrics>,
+        fence: Option<i64>,
+    ) -> Self {
         let (commits, steps) = mpsc::unbounded_channel();
-        if !restored.is_empty() {
-            let _ = commits.send(Commit {
-                step: restored,
-                done: None,
-            });
-        }
-        MatchmakerActor {
+        let actor = MatchmakerActor {
             engine,
             notifier,
             commits,
             steps: Some(steps),
             timer: None,
             metrics,
+            fence,
+        };
+        let restored = actor.fenced(restored, None);
+        if !restored.is_empty() {
+            let _ = actor.commits.send(Commit {
+                step: restored,
+                done: None,
+            });
         }
+        actor
+    }
+
+    /// In cluster mode, puts the fence first in `step`, with the stream id of the command it
+    /// applies. A command that changed nothing still records its id.
+    fn fenced(&self, mut step: Step, command: Option<String>) -> Step {
+        if let Some(token) = self.fence
+            && (!step.is_empty() || command.is_some())
+        {
+            step.changes.insert(0, Change::Fence { token, command });
+        }
+        step
     }
 
     /// Queues `step` for the store; the future resolves once it is committed.
     fn commit(&self, step: Step) -> impl Future<Output = Result<(), MatchmakingError>> + use<> {
+        let step = self.fenced(step, None);
+        self.commit_fenced(step)
+    }
+
+    /// [`MatchmakerActor::commit`] of a step that already carries its fence (if any).
+    fn commit_fenced(
+        &self,
+        step: Step,
+    ) -> impl Future<Output = Result<(), MatchmakingError>> + use<> {
         let (done, committed) = oneshot::channel();
         let sent = if step.is_empty() {
             let _ = done.send(Ok(()));
@@ -164,7 +230,7 @@ impl MatchmakerActor {
             committed
                 .await
                 .map_err(|_| MatchmakingError::Store("the committer has stopped".into()))?
-                .map_err(MatchmakingError::Store)
+                .map_err(MatchmakingError::from)
         }
     }
 
@@ -199,6 +265,7 @@ impl MatchmakerActor {
             act.timer = None;
             let step = act.engine.tick(now_ms());
             act.count(&step);
+            let step = act.fenced(step, None);
             if !step.is_empty() {
                 let _ = act.commits.send(Commit { step, done: None });
             }
@@ -477,6 +544,7 @@ impl Handler<Resync> for MatchmakerActor {
                 .map(|loaded, act, ctx| match loaded {
                     Ok((engine, step)) => {
                         act.engine = engine;
+                        let step = act.fenced(step, None);
                         if !step.is_empty() {
                             let _ = act.commits.send(Commit { step, done: None });
                         }
@@ -492,5 +560,110 @@ impl Handler<Resync> for MatchmakerActor {
                     }
                 }),
         );
+    }
+}
+
+/// Cluster mode: one command read from the stream, with its stream id (`None`: the entry could
+/// not be read; its id is still recorded, so no leader meets it again). Runs the same engine
+/// calls as the local messages; the answer resolves once the step and the id are committed.
+#[derive(Message)]
+#[rtype(result = "Answer")]
+pub struct Apply {
+    pub id: String,
+    pub command: Option<Command>,
+}
+
+impl MatchmakerActor {
+    fn execute(&mut self, command: Command, now: Millis) -> Result<(Answer, Step), Refusal> {
+        let matched = |(m, step): (Match, Step)| (Answer::Match { m }, step);
+        match command {
+            Command::Join {
+                user,
+                discipline,
+                scope,
+                rating,
+            } => {
+                let queue = QueueKey { discipline, scope };
+                let step = self.engine.join(&user, queue, rating, now)?;
+                let standing = self.standing(&user).into();
+                Ok((Answer::Standing { user, standing }, step))
+            }
+            Command::Leave { user } => {
+                let (_, step) = self.engine.leave(&user)?;
+                let standing = self.standing(&user).into();
+                Ok((Answer::Standing { user, standing }, step))
+            }
+            Command::Challenge {
+                from,
+                to,
+                discipline,
+            } => {
+                let (challenge, step) = self.engine.challenge(&from, &to, discipline, now)?;
+                Ok((Answer::Challenge { challenge }, step))
+            }
+            Command::Accept { id, user, ratings } => {
+                self.engine.accept(id, &user, ratings, now).map(matched)
+            }
+            Command::Decline { id, user } => {
+                let (challenge, step) = self.engine.decline(id, &user, now)?;
+                Ok((Answer::Challenge { challenge }, step))
+            }
+            Command::Ready { id, user } => self.engine.ready(id, &user, now).map(matched),
+            Command::Cancel { id, user } => self.engine.cancel(id, &user, now).map(matched),
+            Command::Report { id, user, winner } => {
+                self.engine.report(id, &user, &winner, now).map(matched)
+            }
+        }
+    }
+}
+
+impl Handler<Apply> for MatchmakerActor {
+    type Result = ResponseFuture<Answer>;
+
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) -> Self::Result {
+        let (answer, step) = match msg.command {
+            None => (
+                Answer::Failed {
+                    message: "the command could not be read".into(),
+                },
+                Step::default(),
+            ),
+            Some(command) => match self.execute(command, now_ms()) {
+                Ok(done) => done,
+                Err(refusal) => (
+                    Answer::Refused {
+                        code: refusal.code().into(),
+                    },
+                    Step::default(),
+                ),
+            },
+        };
+        self.count(&step);
+        let step = self.fenced(step, Some(msg.id));
+        let committed = self.commit_fenced(step);
+        self.arm(ctx);
+        Box::pin(async move {
+            match committed.await {
+                Ok(()) => answer,
+                Err(MatchmakingError::Fenced) => Answer::Fenced,
+                Err(error) => Answer::Failed {
+                    message: error.to_string(),
+                },
+            }
+        })
+    }
+}
+
+/// The engine must stop: this node lost the lease, or the store refused its fencing number.
+/// Its timers go with it; the committer ends once the last queued step is written.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepDown;
+
+impl Handler<StepDown> for MatchmakerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StepDown, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }

@@ -34,6 +34,12 @@ pub enum Change {
     /// Records an ascent and emits `route_completed` (first send of the route) and
     /// `personal_record` (new hardest grade or fastest time).
     Ascent(NewAscent),
+    /// Cluster mode: the matchmaker lease's fencing number, and the id of the stream command
+    /// this work applies (`None`: a timer or a restore). The whole transaction is refused if a
+    /// larger number has been recorded: a deposed leader can never write after its successor
+    /// started. Otherwise the number is recorded, and the command id when there is one, so a new
+    /// leader continues the stream after the last command applied.
+    Fence { token: i64, command: Option<String> },
 }
 
 /// What one [`Change`] did.

@@ -2,7 +2,6 @@
 //! Handlers validate input, read ratings, and hand commands to the `MatchmakerActor`; a 2xx is
 //! sent once the change and its events are stored.
 
-use actix::MailboxError;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,10 +10,8 @@ use uuid::Uuid;
 
 use super::openapi::{BearerRefusal, JsonBodyRefusal, MatchmakerRefusal};
 use super::{AppState, auth::AuthUser};
-use crate::actors::matchmaker::{
-    Accept, Act, Decline, GetChallenge, GetLiveMatch, GetStanding, Join, Leave, MatchAction,
-    MatchmakingError, SendChallenge, Standing,
-};
+use crate::actors::matchmaker::{MatchAction, MatchmakingError, Standing};
+use crate::cluster::CallError;
 use crate::domain::{Challenge, Discipline, LeaderboardEntry, Match, Scope, UserId};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::matchmaking::engine::Refusal;
@@ -83,15 +80,26 @@ impl From<MatchmakingError> for ApiError {
         match error {
             MatchmakingError::Refused(refusal) => refusal.into(),
             MatchmakingError::Store(message) => ApiError::internal(anyhow::anyhow!(message)),
+            MatchmakingError::Fenced => unavailable(error.to_string()),
         }
     }
 }
 
-fn mailbox(error: MailboxError) -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        format!("the matchmaker is not available: {error}"),
-    )
+/// How long a client is asked to wait when the matchmaker did not answer.
+const MATCHMAKER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn unavailable(message: String) -> ApiError {
+    ApiError::new(ErrorKind::Unavailable, message).retry_after(MATCHMAKER_RETRY_AFTER)
+}
+
+impl From<CallError> for ApiError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Matchmaking(error) => error.into(),
+            CallError::Unavailable(message) => unavailable(message),
+            CallError::Store(error) => error.into(),
+        }
+    }
 }
 
 /// Records, once per node and climber, that the climber exists: only known climbers can be
@@ -217,13 +225,8 @@ pub async fn join_queue(
     let rating = rating_of(&state, &user, discipline).await?;
     let standing = state
         .matchmaker
-        .send(Join {
-            user,
-            queue: QueueKey { discipline, scope },
-            rating,
-        })
-        .await
-        .map_err(mailbox)??;
+        .join(user, QueueKey { discipline, scope }, rating)
+        .await?;
     Ok(HttpResponse::Created().json(me_view(&state, standing).await?))
 }
 
@@ -245,11 +248,7 @@ pub async fn leave_queue(
     AuthUser(user): AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let standing = state
-        .matchmaker
-        .send(Leave { user })
-        .await
-        .map_err(mailbox)??;
+    let standing = state.matchmaker.leave(user).await?;
     Ok(HttpResponse::Ok().json(me_view(&state, standing).await?))
 }
 
@@ -272,11 +271,7 @@ pub async fn me_match(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     remember(&state, &user).await?;
-    let standing = state
-        .matchmaker
-        .send(GetStanding { user })
-        .await
-        .map_err(mailbox)?;
+    let standing = state.matchmaker.standing(user).await?;
     Ok(HttpResponse::Ok().json(me_view(&state, standing).await?))
 }
 
@@ -334,13 +329,8 @@ pub async fn create_challenge(
     }
     let challenge = state
         .matchmaker
-        .send(SendChallenge {
-            from: user,
-            to: opponent,
-            discipline,
-        })
-        .await
-        .map_err(mailbox)??;
+        .challenge(user, opponent, discipline)
+        .await?;
     Ok(HttpResponse::Created().json(challenge))
 }
 
@@ -374,19 +364,14 @@ pub async fn accept_challenge(
     let id = path.into_inner();
     let challenge = state
         .matchmaker
-        .send(GetChallenge { id })
-        .await
-        .map_err(mailbox)?
+        .pending_challenge(id)
+        .await?
         .ok_or(Refusal::UnknownChallenge)?;
     let ratings = (
         rating_of(&state, &challenge.from, challenge.discipline).await?,
         rating_of(&state, &user, challenge.discipline).await?,
     );
-    let m = state
-        .matchmaker
-        .send(Accept { id, user, ratings })
-        .await
-        .map_err(mailbox)??;
+    let m = state.matchmaker.accept(id, user, ratings).await?;
     Ok(HttpResponse::Ok().json(m))
 }
 
@@ -416,14 +401,7 @@ pub async fn decline_challenge(
     path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let challenge = state
-        .matchmaker
-        .send(Decline {
-            id: path.into_inner(),
-            user,
-        })
-        .await
-        .map_err(mailbox)??;
+    let challenge = state.matchmaker.decline(path.into_inner(), user).await?;
     Ok(HttpResponse::Ok().json(challenge))
 }
 
@@ -439,18 +417,10 @@ async fn act(
         MatchAction::Ready | MatchAction::Cancel => Refusal::NotInReadyCheck,
         MatchAction::Report { .. } => Refusal::NotConfirmed,
     };
-    let result = state
-        .matchmaker
-        .send(Act {
-            id,
-            user: user.clone(),
-            action,
-        })
-        .await
-        .map_err(mailbox)?;
+    let result = state.matchmaker.act(id, user.clone(), action).await;
     match result {
         Ok(m) => Ok(HttpResponse::Ok().json(m)),
-        Err(MatchmakingError::Refused(Refusal::UnknownMatch)) => {
+        Err(CallError::Matchmaking(MatchmakingError::Refused(Refusal::UnknownMatch))) => {
             match state.store.get_match(id).await? {
                 None => Err(Refusal::UnknownMatch.into()),
                 Some(m) if m.player(&user).is_none() => Err(Refusal::NotYourMatch.into()),
@@ -606,11 +576,7 @@ pub async fn get_match(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let live = state
-        .matchmaker
-        .send(GetLiveMatch { id })
-        .await
-        .map_err(mailbox)?;
+    let live = state.matchmaker.live_match(id).await?;
     let m = match live {
         Some(m) => m,
         None => state

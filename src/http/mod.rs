@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, Route, web};
 
-use crate::actors::{MatchmakerActor, Registry, SessionLimiter};
+use crate::actors::{Registry, SessionLimiter};
 use crate::config::{Secrets, Settings};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -37,7 +37,7 @@ pub struct AppState {
     pub rate_limiter: limits::RateLimiter,
     pub metrics: Arc<Metrics>,
     pub frames: StaticFrames,
-    pub matchmaker: actix::Addr<MatchmakerActor>,
+    pub matchmaker: crate::cluster::Matchmaker,
     pub known_users: matchmaking::KnownUsers,
 }
 

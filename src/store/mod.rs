@@ -89,6 +89,30 @@ pub struct UnreadSnapshot {
     pub latest: Vec<Notification>,
 }
 
+/// The matchmaker's fence row: the largest lease fencing number a transaction has carried, and
+/// the id of the last stream command applied (cluster mode; see [`Change::Fence`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatchmakerFence {
+    pub token: i64,
+    pub last_command: Option<String>,
+}
+
+/// A transaction carried a fencing number below the one recorded: its writer has lost the
+/// matchmaker lease, and nothing of the transaction was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("fenced: this transaction carries lease number {offered}, the store has seen {recorded}")]
+pub struct Fenced {
+    pub offered: i64,
+    pub recorded: i64,
+}
+
+impl Fenced {
+    /// Whether `error` is (or was caused by) a fence refusal.
+    pub fn is(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<Fenced>())
+    }
+}
+
 /// Result of [`Store::apply_then`].
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -148,6 +172,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Climbers waiting in the queues, longest waiting first (restored into the engine at start).
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>>;
+
+    /// The matchmaker's fence row: where a new leader continues the command stream.
+    async fn matchmaker_fence(&self) -> anyhow::Result<MatchmakerFence>;
 
     /// Whether the climber was ever seen (see [`Change::SeeUser`]).
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool>;

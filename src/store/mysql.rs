@@ -693,6 +693,10 @@ impl Store for MySqlStore {
         mysql_play::pending_challenges(&self.pool).await
     }
 
+    async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
+        mysql_play::matchmaker_fence(&self.pool).await
+    }
+
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
         mysql_play::queued_tickets(&self.pool).await
     }

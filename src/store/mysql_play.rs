@@ -11,7 +11,10 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use super::mysql::{MySqlTx, ROWS_PER_STATEMENT, from_ms, push_list, text, to_ms, user_of};
+use super::MatchmakerFence;
+use super::mysql::{
+    MySqlTx, ROWS_PER_STATEMENT, from_ms, opt_text, push_list, text, to_ms, user_of,
+};
 use super::rules::{FoldedRows, PlayTx, ascent_columns, rank_page};
 use super::writer::padded;
 use crate::domain::{
@@ -325,6 +328,39 @@ impl PlayTx for MySqlTx {
         .context("recording an ascent")?;
         Ok(())
     }
+
+    async fn lock_fence(&mut self) -> anyhow::Result<MatchmakerFence> {
+        let row =
+            sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *self.tx)
+                .await
+                .context("locking the matchmaker fence")?;
+        Ok(MatchmakerFence {
+            token: row.try_get("token")?,
+            last_command: opt_text(&row, "last_command")?,
+        })
+    }
+
+    async fn save_fence(&mut self, fence: &MatchmakerFence) -> anyhow::Result<()> {
+        sqlx::query("UPDATE matchmaker_fence SET token = ?, last_command = ? WHERE id = 1")
+            .bind(fence.token)
+            .bind(fence.last_command.as_deref())
+            .execute(&mut *self.tx)
+            .await
+            .context("recording the matchmaker fence")?;
+        Ok(())
+    }
+}
+
+pub(super) async fn matchmaker_fence(pool: &MySqlPool) -> anyhow::Result<MatchmakerFence> {
+    let row = sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .context("reading the matchmaker fence")?;
+    Ok(MatchmakerFence {
+        token: row.try_get("token")?,
+        last_command: opt_text(&row, "last_command")?,
+    })
 }
 
 fn match_from_row(row: &MySqlRow) -> anyhow::Result<Match> {

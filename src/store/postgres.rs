@@ -516,6 +516,10 @@ impl Store for PgStore {
         postgres_play::pending_challenges(&self.pool).await
     }
 
+    async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
+        postgres_play::matchmaker_fence(&self.pool).await
+    }
+
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
         postgres_play::queued_tickets(&self.pool).await
     }

@@ -11,6 +11,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
+use super::MatchmakerFence;
 use super::postgres::{PgTx, from_ms, to_ms};
 use super::rules::{PlayTx, ascent_columns, rank_page};
 use crate::domain::{
@@ -200,6 +201,39 @@ impl PlayTx for PgTx {
         .context("recording an ascent")?;
         Ok(())
     }
+
+    async fn lock_fence(&mut self) -> anyhow::Result<MatchmakerFence> {
+        let row =
+            sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *self.tx)
+                .await
+                .context("locking the matchmaker fence")?;
+        Ok(MatchmakerFence {
+            token: row.try_get("token")?,
+            last_command: row.try_get("last_command")?,
+        })
+    }
+
+    async fn save_fence(&mut self, fence: &MatchmakerFence) -> anyhow::Result<()> {
+        sqlx::query("UPDATE matchmaker_fence SET token = $1, last_command = $2 WHERE id = 1")
+            .bind(fence.token)
+            .bind(fence.last_command.as_deref())
+            .execute(&mut *self.tx)
+            .await
+            .context("recording the matchmaker fence")?;
+        Ok(())
+    }
+}
+
+pub(super) async fn matchmaker_fence(pool: &PgPool) -> anyhow::Result<MatchmakerFence> {
+    let row = sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .context("reading the matchmaker fence")?;
+    Ok(MatchmakerFence {
+        token: row.try_get("token")?,
+        last_command: row.try_get("last_command")?,
+    })
 }
 
 fn match_from_row(row: &PgRow) -> anyhow::Result<Match> {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AppendOutcome, Appended};
+use super::{AppendOutcome, Appended, Fenced, MatchmakerFence};
 use crate::domain::event::Performance;
 use crate::domain::{
     AscentOutcome, AscentResult, Challenge, ChangeOutcome, Discipline, Event, LeaderboardEntry,
@@ -356,6 +356,48 @@ pub(crate) trait PlayTx: Send {
     /// The climber's fastest time in the discipline.
     async fn fastest(&mut self, ascent: &NewAscent) -> anyhow::Result<Option<i64>>;
     async fn insert_ascent(&mut self, ascent: &NewAscent) -> anyhow::Result<()>;
+    /// Locks the matchmaker's fence row (created by the migrations) until the transaction ends
+    /// and reads it: two leaders' transactions are serialised on it.
+    async fn lock_fence(&mut self) -> anyhow::Result<MatchmakerFence>;
+    async fn save_fence(&mut self, fence: &MatchmakerFence) -> anyhow::Result<()>;
+}
+
+/// What a group's fences leave in the fence row: the largest number offered, and the last
+/// command id offered (or the stored one when none is). A number below the stored one refuses
+/// the whole group, so the transaction changes nothing.
+pub(crate) fn decide_fence(
+    stored: MatchmakerFence,
+    offered: &[(i64, Option<&str>)],
+) -> Result<MatchmakerFence, Fenced> {
+    let mut next = stored;
+    for &(token, command) in offered {
+        if token < next.token {
+            return Err(Fenced {
+                offered: token,
+                recorded: next.token,
+            });
+        }
+        next.token = token;
+        if let Some(id) = command {
+            next.last_command = Some(id.to_owned());
+        }
+    }
+    Ok(next)
+}
+
+/// Checks and records a group's fences (see [`crate::domain::Change::Fence`]) before anything
+/// else of the group is written: the fence row is locked first, so every matchmaking
+/// transaction takes its locks in one order (fence, then head rows).
+pub(crate) async fn fence(
+    tx: &mut dyn PlayTx,
+    offered: &[(i64, Option<&str>)],
+) -> anyhow::Result<()> {
+    let stored = tx.lock_fence().await?;
+    let next = decide_fence(stored.clone(), offered)?;
+    if next != stored {
+        tx.save_fence(&next).await?;
+    }
+    Ok(())
 }
 
 /// Sorted ids of two climbers.
@@ -574,6 +616,37 @@ pub(crate) fn rank_page(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fence_below_the_recorded_one_refuses_the_group() {
+        let stored = super::MatchmakerFence {
+            token: 5,
+            last_command: Some("9-0".into()),
+        };
+        assert_eq!(
+            super::decide_fence(stored.clone(), &[(4, Some("10-0"))]),
+            Err(super::Fenced {
+                offered: 4,
+                recorded: 5
+            })
+        );
+        assert_eq!(
+            super::decide_fence(stored.clone(), &[(5, None), (5, Some("10-0")), (5, None)]),
+            Ok(super::MatchmakerFence {
+                token: 5,
+                last_command: Some("10-0".into())
+            }),
+            "the last command id offered is kept; a fence without one keeps the stored id"
+        );
+        assert_eq!(
+            super::decide_fence(stored, &[(6, None)]),
+            Ok(super::MatchmakerFence {
+                token: 6,
+                last_command: Some("9-0".into())
+            }),
+            "a new leader's first write moves the number and keeps where the stream stands"
+        );
+    }
+
     use super::*;
     use crate::domain::{IdempotencyKey, PostId, PostLiked};
 

@@ -594,6 +594,10 @@ impl Store for SqliteStore {
         sqlite_play::pending_challenges(&self.reader).await
     }
 
+    async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
+        sqlite_play::matchmaker_fence(&self.reader).await
+    }
+
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
         sqlite_play::queued_tickets(&self.reader).await
     }

@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
+use super::MatchmakerFence;
 use super::rules::{FoldedRows, PlayTx, ascent_columns, rank_page};
 use super::sqlite::{SqliteTx, Statements, push_list};
 use super::writer::padded;
@@ -282,6 +283,39 @@ impl PlayTx for SqliteTx {
         .context("recording an ascent")?;
         Ok(())
     }
+
+    async fn lock_fence(&mut self) -> anyhow::Result<MatchmakerFence> {
+        // `BEGIN IMMEDIATE` holds the write lock already: a plain read is a locked read.
+        let row = sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
+            .fetch_one(&mut *self.tx)
+            .await
+            .context("reading the matchmaker fence")?;
+        Ok(MatchmakerFence {
+            token: row.try_get("token")?,
+            last_command: row.try_get("last_command")?,
+        })
+    }
+
+    async fn save_fence(&mut self, fence: &MatchmakerFence) -> anyhow::Result<()> {
+        sqlx::query("UPDATE matchmaker_fence SET token = ?, last_command = ? WHERE id = 1")
+            .bind(fence.token)
+            .bind(fence.last_command.as_deref())
+            .execute(&mut *self.tx)
+            .await
+            .context("recording the matchmaker fence")?;
+        Ok(())
+    }
+}
+
+pub(super) async fn matchmaker_fence(pool: &SqlitePool) -> anyhow::Result<MatchmakerFence> {
+    let row = sqlx::query("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .context("reading the matchmaker fence")?;
+    Ok(MatchmakerFence {
+        token: row.try_get("token")?,
+        last_command: row.try_get("last_command")?,
+    })
 }
 
 fn match_from_row(row: &SqliteRow) -> anyhow::Result<Match> {

@@ -95,6 +95,17 @@ async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resul
     let mut outcomes = Vec::with_capacity(works.len());
     let mut produced = Vec::with_capacity(works.len());
     let mut folded = Folded::default();
+    let fences: Vec<(i64, Option<&str>)> = works
+        .iter()
+        .flat_map(|work| work.changes)
+        .filter_map(|change| match change {
+            Change::Fence { token, command } => Some((*token, command.as_deref())),
+            _ => None,
+        })
+        .collect();
+    if !fences.is_empty() {
+        rules::fence(&mut *tx, &fences).await?;
+    }
     for work in works {
         let mut done = Vec::with_capacity(work.changes.len());
         let mut events = Vec::new();
@@ -122,6 +133,8 @@ async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resul
                 }
                 Change::Settle(m) => rules::settle(&mut *tx, &mut folded, m, now).await?,
                 Change::Ascent(a) => rules::ascent(&mut *tx, a).await?,
+                // Checked and recorded before the group's other changes.
+                Change::Fence { .. } => (ChangeOutcome::Done, Vec::new()),
             };
             done.push(outcome);
             events.extend(caused);

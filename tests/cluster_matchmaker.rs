@@ -1,0 +1,360 @@
+//! One matchmaker across nodes: real `belay` processes on loopback ports, one PostgreSQL
+//! database and the machine's Redis (a key prefix of their own per test). Skipped, saying why,
+//! when Redis or PostgreSQL is absent, unless `BELAY_TEST_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use support::process::{Running, client, free_port, json_of, signal, start_with, wait_ready};
+use support::{Database, Server, fresh_database, services_required};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const LEASE_TTL_MS: u64 = 2000;
+const READY_TIMEOUT_SECS: u64 = 4;
+
+/// Whether the machine's Redis answers; says why not when skipping.
+async fn redis_up() -> bool {
+    let pinged = async {
+        let client = redis::Client::open(REDIS_URL).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), pinged).await {
+        Ok(Ok(_)) => true,
+        outcome if services_required() => {
+            panic!("redis at {REDIS_URL} is required (BELAY_TEST_REQUIRE_SERVICES): {outcome:?}")
+        }
+        outcome => {
+            eprintln!("skipping: no redis at {REDIS_URL} ({outcome:?})");
+            false
+        }
+    }
+}
+
+struct Node {
+    process: Running,
+    base: String,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    database: Database,
+    http: reqwest::Client,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn cluster_of(n: usize) -> Option<Cluster> {
+    if !redis_up().await {
+        return None;
+    }
+    let database = fresh_database(Server::Postgres).await?;
+    let prefix = format!("belay-test-{}", uuid::Uuid::new_v4().simple());
+    let http = client();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let ttl = LEASE_TTL_MS.to_string();
+        let ready = READY_TIMEOUT_SECS.to_string();
+        let env = [
+            ("BELAY__DATABASE__URL", database.url.as_str()),
+            ("BELAY__REDIS__URL", REDIS_URL),
+            ("BELAY__CLUSTER__KEY_PREFIX", prefix.as_str()),
+            ("BELAY__CLUSTER__LEASE_TTL_MS", ttl.as_str()),
+            ("BELAY__MATCHMAKING__READY_TIMEOUT_SECS", ready.as_str()),
+            ("BELAY__AUTH__JWT_SECRET", "cluster-test-secret"),
+            ("BELAY__AUTH__API_KEY", "cluster-test-key"),
+            ("BELAY__LIMITS__USER_REQUESTS_PER_SEC", "0"),
+        ];
+        let process = Running(start_with(dir.path(), port, &env));
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&http, &base).await;
+        nodes.push(Node { process, base });
+        dirs.push(dir);
+    }
+    Some(Cluster {
+        nodes,
+        database,
+        http,
+        _dirs: dirs,
+    })
+}
+
+impl Cluster {
+    /// Whether node `i` reports holding the lease.
+    async fn leads(&self, i: usize) -> bool {
+        let Ok(response) = self
+            .http
+            .get(format!("{}/metrics", self.nodes[i].base))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines().any(|l| l == "belay_matchmaker_lease_holder 1")
+    }
+
+    /// The node holding the lease among `among`, waiting up to `patience`.
+    async fn leader(&self, among: &[usize], patience: Duration) -> Option<usize> {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            for &i in among {
+                if self.leads(i).await {
+                    return Some(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    async fn token(&self, node: usize, user: &str) -> String {
+        json_of(
+            self.http
+                .post(format!("{}/v1/dev/token", self.nodes[node].base))
+                .json(&json!({"user_id": user})),
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn join(&self, node: usize, token: &str, scope: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/queue", self.nodes[node].base))
+            .bearer_auth(token)
+            .json(&json!({"discipline": "boulder", "scope": scope}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn me(&self, node: usize, token: &str) -> Value {
+        json_of(
+            self.http
+                .get(format!("{}/v1/me/match", self.nodes[node].base))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
+    /// `(user, kind) → count` of every stored event.
+    async fn stored_events(&self) -> BTreeMap<(String, String), i64> {
+        let mut db = sqlx::PgConnection::connect(&self.database.url)
+            .await
+            .unwrap();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT user_id, kind, COUNT(*) FROM notifications GROUP BY user_id, kind",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        rows.into_iter().map(|(u, k, n)| ((u, k), n)).collect()
+    }
+
+    async fn fence(&self) -> (i64, Option<String>) {
+        let mut db = sqlx::PgConnection::connect(&self.database.url)
+            .await
+            .unwrap();
+        sqlx::query_as("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::test]
+async fn a_join_on_a_follower_is_answered_with_the_match_stored() {
+    let Some(cluster) = cluster_of(2).await else {
+        return;
+    };
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let follower = 1 - leader;
+
+    const PAIRS: usize = 40;
+    let mut waits = Vec::new();
+    for p in 0..PAIRS {
+        let (a, b) = (format!("a{p}"), format!("b{p}"));
+        let (ta, tb) = (
+            cluster.token(follower, &a).await,
+            cluster.token(follower, &b).await,
+        );
+        // A scope per pair: each pair meets only itself.
+        let scope = format!("gym-{p}");
+        let started = Instant::now();
+        let (status, first) = cluster.join(follower, &ta, &scope).await;
+        waits.push(started.elapsed());
+        assert_eq!(status, 201, "{first}");
+        assert!(first["queue"].is_object(), "{first}");
+        let started = Instant::now();
+        let (status, second) = cluster.join(follower, &tb, &scope).await;
+        waits.push(started.elapsed());
+        assert_eq!(status, 201, "{second}");
+        let id = second["match"]["match_id"]
+            .as_str()
+            .expect("paired at once");
+        // The store has it: the leader's node reads the same match for the first climber.
+        let seen = cluster.me(leader, &ta).await;
+        assert_eq!(seen["match"]["match_id"].as_str(), Some(id), "{seen}");
+    }
+    waits.sort();
+    eprintln!(
+        "join on a follower -> answer ({} joins): p50 {:?}, p99 {:?}, max {:?}",
+        waits.len(),
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.last().unwrap()
+    );
+    let events = cluster.stored_events().await;
+    for p in 0..PAIRS {
+        for user in [format!("a{p}"), format!("b{p}")] {
+            assert_eq!(
+                events.get(&(user.clone(), "match_found".into())),
+                Some(&1),
+                "{user}: {events:?}"
+            );
+        }
+    }
+    let (token, last) = cluster.fence().await;
+    assert!(token >= 1 && last.is_some(), "{token} {last:?}");
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
+    let Some(mut cluster) = cluster_of(3).await else {
+        return;
+    };
+    let leader = cluster
+        .leader(&[0, 1, 2], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let via = survivors[0];
+    let tokens = [
+        cluster.token(via, "ana").await,
+        cluster.token(via, "bob").await,
+        cluster.token(via, "cleo").await,
+        cluster.token(via, "dan").await,
+    ];
+
+    // A ready check in flight (ana and bob), and a ticket waiting (cleo).
+    cluster.join(via, &tokens[0], "gym-a").await;
+    let (_, paired) = cluster.join(via, &tokens[1], "gym-a").await;
+    let duel = paired["match"].clone();
+    let duel_id = duel["match_id"].as_str().expect("paired").to_owned();
+    let deadline =
+        chrono::DateTime::parse_from_rfc3339(duel["ready_deadline"].as_str().unwrap()).unwrap();
+    let (status, waiting) = cluster.join(via, &tokens[2], "gym-c").await;
+    assert_eq!(status, 201);
+    assert!(waiting["match"].is_null(), "{waiting}");
+
+    // SIGKILL the leader; dan joins at once through a survivor and waits for the new leader.
+    let killed_at = Instant::now();
+    signal(&cluster.nodes[leader].process.0, "KILL");
+    let _ = cluster.nodes[leader].process.0.wait();
+    let join_dan = {
+        let (http, base, token) = (
+            cluster.http.clone(),
+            cluster.nodes[via].base.clone(),
+            tokens[3].clone(),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/v1/queue"))
+                .bearer_auth(token)
+                .json(&json!({"discipline": "boulder", "scope": "gym-c"}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let successor = cluster
+        .leader(&survivors, Duration::from_secs(10))
+        .await
+        .expect("a survivor takes the lease");
+    let takeover = killed_at.elapsed();
+    let renewal = Duration::from_millis(LEASE_TTL_MS / 3);
+    eprintln!("takeover after SIGKILL: {takeover:?} (lease {LEASE_TTL_MS} ms)");
+    assert!(
+        takeover <= Duration::from_millis(LEASE_TTL_MS) + renewal + Duration::from_millis(500),
+        "took {takeover:?}"
+    );
+
+    // The waiting ticket is paired with dan's, answered on the follower.
+    let (status, dan) = join_dan.await.unwrap();
+    assert_eq!(status, 201, "{dan}");
+    assert!(dan["match"]["match_id"].is_string(), "dan is paired: {dan}");
+    let cleo = cluster.me(successor, &tokens[2]).await;
+    assert_eq!(
+        cleo["match"]["match_id"], dan["match"]["match_id"],
+        "{cleo}"
+    );
+
+    // The ready check still times out at its deadline, run by the new leader.
+    let until = (deadline.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(until + Duration::from_millis(1500)).await;
+    let ended = json_of(
+        cluster
+            .http
+            .get(format!("{}/v1/matches/{duel_id}", cluster.nodes[via].base))
+            .bearer_auth(&tokens[0]),
+    )
+    .await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["cancel_reason"], "ready_timeout", "{ended}");
+    let cancelled_at =
+        chrono::DateTime::parse_from_rfc3339(ended["updated_at"].as_str().unwrap()).unwrap();
+    let late = cancelled_at - deadline;
+    eprintln!(
+        "ready timeout fired {} ms after its deadline",
+        late.num_milliseconds()
+    );
+    assert!(late.num_milliseconds() >= 0, "not before its deadline");
+
+    // Every command once: each climber's events, counted in the store.
+    let events = cluster.stored_events().await;
+    let count = |user: &str, kind: &str| {
+        events
+            .get(&(user.to_owned(), kind.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    for user in ["ana", "bob", "cleo", "dan"] {
+        assert_eq!(count(user, "match_found"), 1, "{user}: {events:?}");
+    }
+    for user in ["ana", "bob"] {
+        assert_eq!(count(user, "match_cancelled"), 1, "{user}: {events:?}");
+    }
+    let (token, _) = cluster.fence().await;
+    assert!(token >= 2, "the successor wrote with a new number: {token}");
+}
