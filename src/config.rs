@@ -452,6 +452,58 @@ mod tests {
     }
 
     #[test]
+    fn cluster_examples_name_a_database_server_and_redis_and_refuse_to_start_without_secrets() {
+        for (file, kind) in [
+            ("config/cluster.toml", crate::store::Kind::Postgres),
+            ("config/cluster-mariadb.toml", crate::store::Kind::MySql),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let s = Settings::load_with_env(Some(&path), Some(HashMap::new())).unwrap();
+            assert_eq!(
+                crate::store::Kind::of(&s.database.url).unwrap(),
+                kind,
+                "{file}"
+            );
+            assert!(s.redis.url.starts_with("redis://"), "{file}");
+            assert!(!s.auth.dev_tokens, "{file}");
+            assert!(s.auth.resolve_secrets().is_err(), "{file}");
+        }
+    }
+
+    #[test]
+    fn database_urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact_password("postgres://belay:s3cret@db:5432/belay"),
+            "postgres://belay:***@db:5432/belay"
+        );
+        assert_eq!(
+            redact_password("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(redact_password("redis://:pw@cache"), "redis://:***@cache");
+        assert_eq!(
+            redact_password("sqlite://data/belay.db"),
+            "sqlite://data/belay.db"
+        );
+    }
+
+    #[test]
+    fn a_database_url_of_another_scheme_is_refused_naming_the_three() {
+        let mut env = HashMap::new();
+        env.insert(
+            "BELAY__DATABASE__URL".to_owned(),
+            "mongodb://db/belay".to_owned(),
+        );
+        let error = format!(
+            "{:#}",
+            Settings::load_with_env(None, Some(env)).unwrap_err()
+        );
+        for scheme in ["sqlite://", "postgres://", "mysql://"] {
+            assert!(error.contains(scheme), "{error}");
+        }
+    }
+
+    #[test]
     fn dev_secrets_are_generated_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
