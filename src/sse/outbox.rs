@@ -202,6 +202,14 @@ impl Outbox {
         self.enqueue(frame)
     }
 
+    /// Starts a catch-up on request (the Redis bridge resubscribed: live frames may have been
+    /// lost): frames are held from now on until the session's store read releases them.
+    pub fn begin_catch_up(&mut self) {
+        if !self.is_closed() {
+            self.catching_up = true;
+        }
+    }
+
     /// During a catch-up: where the client stands, before any replay.
     pub fn start_from(&mut self, cursor: Cursor) {
         self.last = cursor;
