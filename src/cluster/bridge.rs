@@ -193,8 +193,14 @@ impl RedisBridgeActor {
                     }
                     Action::CatchUpAll => {
                         *backoff = BACKOFF_MIN;
+                        // Presence first, so that the nodes publishing from now on find this
+                        // node again; a catch-up without it could miss what they publish next.
+                        if let Err(error) = self.presence.refresh().await {
+                            Metrics::add(&self.metrics.cluster.bridge_reconnects, 1);
+                            return Ended::Lost(format!("rewriting presence: {error:#}"));
+                        }
                         self.metrics.cluster.bridge_up.store(1, Ordering::Relaxed);
-                        self.catch_up_all().await;
+                        self.hubs.resync_all();
                     }
                     Action::AnnounceResync => {
                         pending.push(Action::Publish(self.own(Kind::Resync)));
@@ -260,15 +266,6 @@ impl RedisBridgeActor {
             kind,
             frame: bytes::Bytes::new(),
         }
-    }
-
-    /// Presence first, so that the nodes publishing from now on find this node again; then
-    /// every local session re-reads the store from its cursor.
-    async fn catch_up_all(&self) {
-        if let Err(error) = self.presence.refresh().await {
-            tracing::warn!(error = ?error, "rewriting presence after a reconnect");
-        }
-        self.hubs.resync_all();
     }
 
     /// Publishes a batch: one presence look-up per user, then every message, in order.
