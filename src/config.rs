@@ -23,45 +23,74 @@ pub struct Settings {
     pub log: LogSettings,
     pub matchmaking: MatchmakingSettings,
     pub retention: RetentionSettings,
-    #[serde(default)]
     pub redis: RedisSettings,
-    #[serde(default)]
     pub cluster: ClusterSettings,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
-    /// `redis://HOST:PORT`: cluster mode. Empty: a single node, no Redis.
-    #[serde(default)]
-    pub url: String,
+    /// `redis://host:port`: cluster mode (a standalone Redis or one node of a Redis Cluster).
+    /// Empty: a single node, nothing else started.
+    pub url: SecretString,
 }
 
 impl RedisSettings {
+    /// Cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        self.url().is_some()
+    }
+
     /// The Redis URL when cluster mode is on.
     pub fn url(&self) -> Option<&str> {
-        Some(self.url.trim()).filter(|u| !u.is_empty())
+        Some(self.url.expose_secret().trim()).filter(|u| !u.is_empty())
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
 pub struct ClusterSettings {
+    /// This node's name in Redis (presence, channels). Empty: a random one at each start.
+    pub node_id: String,
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// A node's presence entries expire this long after its last refresh (a crashed node).
+    pub presence_ttl_secs: u64,
+    /// How often a node refreshes its presence entries.
+    pub presence_refresh_secs: u64,
+    /// How often the bridge publishes a probe to its own channel.
+    pub probe_every_ms: u64,
+    /// A probe not back within this long means the subscription is dead: resubscribe.
+    pub probe_timeout_ms: u64,
     /// How long the matchmaker lease lasts without a renewal; a dead leader is replaced after
     /// about this long (renewals every third of it).
     pub lease_ttl_ms: u64,
     /// How long a request waits for the matchmaker leader's answer before a 503.
     pub command_timeout_ms: u64,
-    /// Prefix of every Redis key and channel; several clusters can share one Redis.
-    pub key_prefix: String,
 }
 
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        ClusterSettings {
-            lease_ttl_ms: 3000,
-            command_timeout_ms: 5000,
-            key_prefix: "belay".into(),
-        }
+impl ClusterSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        let name_ok = |s: &str| {
+            s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        anyhow::ensure!(
+            name_ok(&self.node_id),
+            "cluster.node_id: at most 64 of [A-Za-z0-9_.-]"
+        );
+        anyhow::ensure!(
+            !self.key_prefix.is_empty() && name_ok(&self.key_prefix),
+            "cluster.key_prefix: 1 to 64 of [A-Za-z0-9_.-]"
+        );
+        anyhow::ensure!(
+            self.presence_refresh_secs >= 1 && self.presence_ttl_secs > self.presence_refresh_secs,
+            "cluster.presence_ttl_secs must be longer than cluster.presence_refresh_secs (at least 1)"
+        );
+        anyhow::ensure!(
+            self.probe_every_ms >= 10 && self.probe_timeout_ms > self.probe_every_ms,
+            "cluster.probe_timeout_ms must be longer than cluster.probe_every_ms (at least 10)"
+        );
+        Ok(())
     }
 }
 
@@ -275,6 +304,14 @@ impl Settings {
             retention.every_secs >= 1 && retention.batch >= 1,
             "retention.every_secs and retention.batch must be at least 1"
         );
+        self.cluster.validate()?;
+        if self.redis.enabled() {
+            let url = self.redis.url.expose_secret();
+            anyhow::ensure!(
+                url.starts_with("redis://"),
+                "redis.url must start with redis:// (or be empty for a single node)"
+            );
+        }
         for origin in &self.server.cors_allowed_origins {
             anyhow::ensure!(
                 valid_origin(origin),
@@ -395,6 +432,37 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_its_keys_are_checked() {
+        let s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
+        assert!(!s.redis.enabled());
+        assert_eq!(s.cluster.key_prefix, "belay");
+        assert_eq!(s.cluster.presence_ttl_secs, 30);
+        for (key, bad) in [
+            ("BELAY__CLUSTER__NODE_ID", "a b"),
+            ("BELAY__CLUSTER__KEY_PREFIX", "{x}"),
+            ("BELAY__CLUSTER__PRESENCE_REFRESH_SECS", "30"),
+            ("BELAY__CLUSTER__PROBE_TIMEOUT_MS", "1000"),
+            ("BELAY__REDIS__URL", "http://x"),
+        ] {
+            let env = HashMap::from([(key.to_owned(), bad.to_owned())]);
+            assert!(
+                Settings::load_with_env(None, Some(env)).is_err(),
+                "{key}={bad}"
+            );
+        }
+        let env = HashMap::from([(
+            "BELAY__REDIS__URL".to_owned(),
+            "redis://127.0.0.1:6379".to_owned(),
+        )]);
+        assert!(
+            Settings::load_with_env(None, Some(env))
+                .unwrap()
+                .redis
+                .enabled()
+        );
+    }
+
+    #[test]
     fn a_listen_backlog_outside_1_to_65535_is_refused() {
         for bad in ["0", "65536"] {
             let env = HashMap::from([("BELAY__SERVER__LISTEN_BACKLOG".to_owned(), bad.to_owned())]);
@@ -464,7 +532,10 @@ mod tests {
                 kind,
                 "{file}"
             );
-            assert!(s.redis.url.starts_with("redis://"), "{file}");
+            assert!(
+                s.redis.url().is_some_and(|u| u.starts_with("redis://")),
+                "{file}"
+            );
             assert!(!s.auth.dev_tokens, "{file}");
             assert!(s.auth.resolve_secrets().is_err(), "{file}");
         }

@@ -9,6 +9,7 @@
 //! - [`notifier`]: store first, then publish; the one way events enter the engine.
 //! - [`actors`]: `Hub` (per-worker session registry, fan-out) and `SessionActor` (one per stream).
 //! - [`sse`]: frames encoded once, the bounded per-session outbox, the response body.
+//! - [`cluster`]: cluster mode: the Redis bridge between nodes, presence, the cluster-wide cap.
 //! - [`push`]: what a push says per event kind, and the FCM HTTP v1 and Web Push providers.
 //! - [`store`]: the `Store` trait, the decisions every backend shares, and the SQLite,
 //!   PostgreSQL and MariaDB/MySQL backends.

@@ -28,6 +28,74 @@ pub struct Metrics {
     pub commands_applied: AtomicU64,
     /// Age of the last stream command when the leader took it, in milliseconds.
     pub command_stream_lag_ms: AtomicI64,
+    pub cluster: ClusterMetrics,
+}
+
+/// The Redis bridge and presence (cluster mode); zero on a single node.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// 1 while the bridge is connected and subscribed.
+    pub bridge_up: AtomicI64,
+    pub bridge_reconnects: AtomicU64,
+    pub bridge_messages_in: AtomicU64,
+    pub bridge_messages_out: AtomicU64,
+    /// Sessions told to catch up from the store after a resubscribe or a resync request.
+    pub bridge_catch_ups: AtomicU64,
+    /// Users this node has presence entries for.
+    pub presence_entries: AtomicI64,
+    pub sessions_refused_cluster: AtomicU64,
+}
+
+impl ClusterMetrics {
+    fn render(&self, out: &mut String) {
+        let gauges: [(&str, &str, &AtomicI64); 2] = [
+            (
+                "belay_bridge_up",
+                "1 while the Redis bridge is connected and subscribed",
+                &self.bridge_up,
+            ),
+            (
+                "belay_presence_entries",
+                "Users this node has presence entries for in Redis",
+                &self.presence_entries,
+            ),
+        ];
+        let counters: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "belay_bridge_reconnects_total",
+                "Redis bridge connections lost (or dropped after a missing probe)",
+                &self.bridge_reconnects,
+            ),
+            (
+                "belay_bridge_messages_in_total",
+                "Messages from other nodes handed to this node's hubs",
+                &self.bridge_messages_in,
+            ),
+            (
+                "belay_bridge_messages_out_total",
+                "Messages published to other nodes",
+                &self.bridge_messages_out,
+            ),
+            (
+                "belay_bridge_catch_ups_total",
+                "Sessions told to catch up from the store after a resubscribe",
+                &self.bridge_catch_ups,
+            ),
+            (
+                "belay_sessions_refused_cluster_total",
+                "SSE sessions refused by the per-user cap counted across the cluster",
+                &self.sessions_refused_cluster,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl Metrics {
@@ -149,6 +217,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        self.cluster.render(&mut out);
         out
     }
 }

@@ -1,12 +1,15 @@
 //! `Notifier`: the one way events enter the engine. User-targeted events are written to the
 //! store first and published only after the commit; broadcasts and read-state updates are
-//! published directly. Frames are encoded here, once per event.
+//! published directly. Frames are encoded here, once per event. In cluster mode each one is also
+//! handed to the Redis bridge for the other nodes. Part of "Delivery order" (docs/ARCHITECTURE.md).
 
 use std::sync::Arc;
 
 use chrono::Utc;
 
 use crate::actors::{Delivery, HubSet, Target};
+use crate::cluster::BridgeHandle;
+use crate::cluster::message::Kind;
 use crate::domain::{Broadcast, Cursor, Event, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::frame;
@@ -17,6 +20,8 @@ pub struct Notifier {
     store: Arc<dyn Store>,
     hubs: Arc<HubSet>,
     metrics: Arc<Metrics>,
+    /// The other nodes, in cluster mode.
+    bridge: Option<BridgeHandle>,
 }
 
 impl Notifier {
@@ -25,14 +30,24 @@ impl Notifier {
             store,
             hubs,
             metrics,
+            bridge: None,
         }
+    }
+
+    /// Also publishes every event to the other nodes through the Redis bridge.
+    pub fn with_bridge(mut self, bridge: Option<BridgeHandle>) -> Self {
+        self.bridge = bridge;
+        self
     }
 
     /// Stores a batch (all or nothing), then publishes what changed a user's stream. Publishing
     /// runs in the store's commit hook, so frames leave in commit order.
     pub async fn notify(&self, batch: Vec<NewEvent>) -> anyhow::Result<Vec<Appended>> {
-        let (hubs, metrics) = (self.hubs.clone(), self.metrics.clone());
-        let publish = Box::new(move |appended: &[Appended]| publish(&hubs, &metrics, appended));
+        let (hubs, metrics, bridge) =
+            (self.hubs.clone(), self.metrics.clone(), self.bridge.clone());
+        let publish = Box::new(move |appended: &[Appended]| {
+            publish(&hubs, &metrics, bridge.as_ref(), appended)
+        });
         self.store.append_then(batch, publish).await
     }
 
@@ -46,8 +61,11 @@ impl Notifier {
         &self,
         works: Vec<(Vec<Change>, Vec<NewEvent>)>,
     ) -> anyhow::Result<Vec<Applied>> {
-        let (hubs, metrics) = (self.hubs.clone(), self.metrics.clone());
-        let publish = Box::new(move |appended: &[Appended]| publish(&hubs, &metrics, appended));
+        let (hubs, metrics, bridge) =
+            (self.hubs.clone(), self.metrics.clone(), self.bridge.clone());
+        let publish = Box::new(move |appended: &[Appended]| {
+            publish(&hubs, &metrics, bridge.as_ref(), appended)
+        });
         self.store.apply_many(works, publish).await
     }
 
@@ -58,6 +76,9 @@ impl Notifier {
             sent_at: Utc::now(),
         })?;
         Metrics::add(&self.metrics.broadcasts, 1);
+        if let Some(bridge) = &self.bridge {
+            bridge.send(Kind::Broadcast, bytes.clone());
+        }
         self.hubs.publish(Delivery {
             target: Target::All,
             frame: bytes,
@@ -73,6 +94,9 @@ impl Notifier {
             cursor: Some(cursor),
             latest: None,
         })?;
+        if let Some(bridge) = &self.bridge {
+            bridge.send(Kind::Unread { user: user.clone() }, bytes.clone());
+        }
         self.hubs.publish(Delivery {
             target: Target::User {
                 user: user.clone(),
@@ -84,7 +108,7 @@ impl Notifier {
     }
 }
 
-fn publish(hubs: &HubSet, metrics: &Metrics, appended: &[Appended]) {
+fn publish(hubs: &HubSet, metrics: &Metrics, bridge: Option<&BridgeHandle>, appended: &[Appended]) {
     for item in appended {
         let counter = match item.outcome {
             AppendOutcome::Created => &metrics.events_created,
@@ -98,13 +122,26 @@ fn publish(hubs: &HubSet, metrics: &Metrics, appended: &[Appended]) {
         // Stored already: a failed encode must not fail the request; sessions that miss the
         // frame see the gap at the next event, and resumes read the store.
         match frame::user_event(&item.notification) {
-            Ok(bytes) => hubs.publish(Delivery {
-                target: Target::User {
-                    user: item.user.clone(),
-                    cursor: Some(item.notification.cursor),
-                },
-                frame: bytes,
-            }),
+            Ok(bytes) => {
+                // Handed over without waiting: this runs on the store's commit path.
+                if let Some(bridge) = bridge {
+                    bridge.send(
+                        Kind::Event {
+                            user: item.user.clone(),
+                            cursor: item.notification.cursor,
+                            id: item.notification.id,
+                        },
+                        bytes.clone(),
+                    );
+                }
+                hubs.publish(Delivery {
+                    target: Target::User {
+                        user: item.user.clone(),
+                        cursor: Some(item.notification.cursor),
+                    },
+                    frame: bytes,
+                })
+            }
             Err(error) => tracing::error!(error = ?error, "encoding a stored event"),
         }
     }

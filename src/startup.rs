@@ -85,7 +85,16 @@ impl Application {
             .with_context(|| format!("binding {}:{}", at.host, at.port))?;
         let port = listener.local_addr()?.port();
 
-        let notifier = Notifier::new(store.clone(), hubs.clone(), metrics.clone());
+        let cluster = crate::cluster::Cluster::start(&settings, hubs.clone(), metrics.clone())
+            .await
+            .context("starting cluster mode")?;
+        let notifier = Notifier::new(store.clone(), hubs.clone(), metrics.clone())
+            .with_bridge(cluster.as_ref().map(|c| c.bridge.clone()));
+        let limiter = SessionLimiter::new(settings.sse.max_sessions_per_user);
+        let presence: Arc<dyn crate::cluster::Presence> = match &cluster {
+            Some(c) => c.presence.clone(),
+            None => Arc::new(crate::cluster::LocalPresence::new(limiter.open_sessions())),
+        };
         let (matchmaker, membership) = match settings.redis.url() {
             Some(url) => {
                 let (matchmaker, membership) = crate::cluster::join(
@@ -118,7 +127,9 @@ impl Application {
             known_users: Default::default(),
             auth: Authenticator::new(&secrets),
             notifier,
-            limiter: SessionLimiter::new(settings.sse.max_sessions_per_user),
+            limiter,
+            presence,
+            cluster,
             rate_limiter: RateLimiter::new(
                 settings.limits.user_requests_per_sec,
                 settings.limits.user_request_burst,

@@ -1,7 +1,8 @@
 //! `Hub`: one per actix-web worker. It owns the registry of that worker's sessions and fans
 //! events out to them by pushing shared frame bytes onto each session's outbox, never awaiting a
 //! socket. `HubSet` lists every worker's hub so an event published anywhere reaches them all;
-//! fan-out uses every core with no lock per frame.
+//! fan-out uses every core with no lock per frame. Frames from other nodes (the Redis bridge)
+//! enter through the same `HubSet::publish`. Part of "Delivery order" (docs/ARCHITECTURE.md).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +16,7 @@ use std::time::Duration;
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use bytes::Bytes;
 
-use super::session::{CatchUp, SessionActor, Stop};
+use super::session::{CatchUp, Resync, SessionActor, Stop};
 use crate::domain::{Cursor, UserId};
 use crate::metrics::Metrics;
 use crate::sse::{Offer, Outbox};
@@ -42,6 +43,12 @@ pub struct Delivery {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver(pub Arc<Delivery>);
+
+/// Every session of this worker re-reads the store from its cursor (the Redis bridge
+/// resubscribed, so live frames from other nodes may have been lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResyncAll;
 
 /// Ends every stream of this worker after its queued frames (graceful shutdown).
 #[derive(Message)]
@@ -139,6 +146,17 @@ impl Registry {
         for entry in self.by_user.values().flatten() {
             entry.outbox.borrow_mut().heartbeat_tick(frame);
         }
+    }
+
+    /// Tells every session to catch up from the store; returns how many were told.
+    pub fn resync_all(&self) -> usize {
+        let mut told = 0;
+        for entry in self.by_user.values().flatten() {
+            entry.session.do_send(Resync);
+            told += 1;
+        }
+        Metrics::add(&self.metrics.cluster.bridge_catch_ups, told as u64);
+        told
     }
 
     fn drain_all(&self) {
@@ -330,6 +348,14 @@ impl Handler<Deliver> for Hub {
     }
 }
 
+impl Handler<ResyncAll> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: ResyncAll, _: &mut Self::Context) {
+        self.registry.borrow().resync_all();
+    }
+}
+
 impl Handler<DrainAll> for Hub {
     type Result = ();
 
@@ -356,6 +382,15 @@ impl HubSet {
         if let Ok(hubs) = self.hubs.read() {
             for hub in hubs.iter() {
                 hub.do_send(Deliver(delivery.clone()));
+            }
+        }
+    }
+
+    /// Every session on every worker catches up from its cursor.
+    pub fn resync_all(&self) {
+        if let Ok(hubs) = self.hubs.read() {
+            for hub in hubs.iter() {
+                hub.do_send(ResyncAll);
             }
         }
     }

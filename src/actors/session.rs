@@ -1,6 +1,7 @@
 //! `SessionActor`: one per SSE connection. It registers its outbox with its worker's registry in
 //! `started` and leaves in `stopping`, and it runs catch-ups: on connect (the `unread` summary,
-//! then the `Last-Event-ID` replay) and whenever its outbox sees a gap in the user's cursors.
+//! then the `Last-Event-ID` replay), whenever its outbox sees a gap in the user's cursors, and
+//! when the Redis bridge resubscribed (`Resync`). Part of "Delivery order" (docs/ARCHITECTURE.md).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +35,12 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 #[rtype(result = "()")]
 pub struct CatchUp;
 
+/// Re-read the store from the outbox's last cursor, whatever is held: live frames from other
+/// nodes may have been lost (the Redis bridge resubscribed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
 /// The connection is gone or the session was closed: stop now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -50,6 +57,9 @@ pub struct SessionActor {
     resume: Option<Cursor>,
     replay_page: u32,
     catch_up_running: bool,
+    /// A `Resync` came while a catch-up ran: read again once it ends, since that read may have
+    /// started before the events that were lost.
+    resync_owed: bool,
     _permit: SessionPermit,
 }
 
@@ -77,6 +87,7 @@ impl SessionActor {
             resume: setup.resume,
             replay_page: setup.replay_page,
             catch_up_running: false,
+            resync_owed: false,
             _permit: setup.permit,
         }
     }
@@ -105,7 +116,7 @@ impl SessionActor {
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.catch_up_running = false;
             match result {
-                Ok(Release::Live) => {}
+                Ok(Release::Live) => act.run_owed_resync(ctx),
                 Ok(Release::Full) => {
                     Metrics::add(&act.metrics.sessions_closed_slow, 1);
                     ctx.stop();
@@ -117,6 +128,16 @@ impl SessionActor {
                 }
             }
         }));
+    }
+}
+
+impl SessionActor {
+    /// Starts the catch-up a `Resync` asked for, unless none is owed.
+    fn run_owed_resync(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.resync_owed) {
+            self.outbox.borrow_mut().begin_catch_up();
+            self.spawn_catch_up(ctx, false);
+        }
     }
 }
 
@@ -160,7 +181,10 @@ impl Handler<CatchUp> for SessionActor {
         ctx.run_later(GAP_GRACE, |act, ctx| {
             let release = act.outbox.borrow_mut().release_held();
             match release {
-                Release::Live => act.catch_up_running = false,
+                Release::Live => {
+                    act.catch_up_running = false;
+                    act.run_owed_resync(ctx);
+                }
                 Release::ReadAgain => act.spawn_catch_up(ctx, false),
                 Release::Full => {
                     Metrics::add(&act.metrics.sessions_closed_slow, 1);
@@ -168,6 +192,17 @@ impl Handler<CatchUp> for SessionActor {
                 }
             }
         });
+    }
+}
+
+impl Handler<Resync> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Self::Context) {
+        self.resync_owed = true;
+        if !self.catch_up_running {
+            self.run_owed_resync(ctx);
+        }
     }
 }
 
@@ -292,6 +327,8 @@ pub struct SessionLimiter {
 pub struct SessionPermit {
     user: UserId,
     open: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// Another claim held for as long as the session (its cluster-wide slot).
+    _also: Option<Box<dyn Send>>,
 }
 
 impl SessionLimiter {
@@ -313,7 +350,21 @@ impl SessionLimiter {
         Some(SessionPermit {
             user: user.clone(),
             open: self.open.clone(),
+            _also: None,
         })
+    }
+
+    /// The open sessions per user, as the single-node presence reads them.
+    pub fn open_sessions(&self) -> Arc<Mutex<HashMap<UserId, usize>>> {
+        self.open.clone()
+    }
+}
+
+impl SessionPermit {
+    /// Holds `claim` (dropped with the permit) as well.
+    pub fn also_holding(mut self, claim: impl Send + 'static) -> Self {
+        self._also = Some(Box::new(claim));
+        self
     }
 }
 

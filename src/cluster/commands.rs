@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::lease::{Clock, Term};
-use super::{CallError, Keys};
+use super::matchmaker::{CallError, Keys};
 use crate::actors::matchmaker::{
     Apply, MatchAction, MatchmakerActor, MatchmakingError, Standing, StepDown, load_engine,
 };

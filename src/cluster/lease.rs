@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use super::Keys;
+use super::matchmaker::Keys;
 use crate::metrics::Metrics;
 
 /// Milliseconds on the node's monotonic clock.

@@ -1,336 +1,129 @@
-//! Cluster mode of the matchmaker: one node at a time runs it, holding a lease in Redis
-//! ([`lease`]); every node hands its matchmaking commands to that leader through a Redis Stream
-//! and waits for the answer ([`commands`]). Without `redis.url` the node runs its own matchmaker
-//! exactly as a single node does. See docs/ARCHITECTURE.md, "Cluster: one matchmaker".
+//! Cluster mode: several Belay nodes behind a load balancer, sharing one database (the truth)
+//! and one Redis (the live path). Off unless `redis.url` is set; then:
+//!
+//! - [`bridge`]: the `RedisBridgeActor`, which carries each committed event to the other nodes
+//!   that hold a session of its user, and broadcasts to all; a receiving node's outbox orders
+//!   and de-duplicates these frames exactly like its own. Its rules are in [`link`].
+//! - [`presence`]: which users have live sessions on which node, with expiry; the per-user
+//!   session cap counted across nodes; the [`Presence`](presence::Presence) interface.
+//! - [`keys`]: every key and channel name, hash-tagged for a Redis Cluster.
+//! - [`matchmaker`], [`lease`], [`commands`]: one matchmaker across nodes, run by the holder of
+//!   a lease, fed through a Redis Stream by every node.
+//!
+//! Nothing is lost when Redis is: every event is in the store before it is published, and
+//! every local session catches up from its cursor whenever the bridge resubscribes. See
+//! "Cluster: the Redis bridge" and "Delivery order" in docs/ARCHITECTURE.md.
 
+pub mod bridge;
 pub mod commands;
+pub mod conn;
+pub mod keys;
 pub mod lease;
+pub mod link;
+pub mod matchmaker;
+pub mod message;
+pub mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
-use anyhow::Context as _;
-use tokio::sync::watch;
-use uuid::Uuid;
+use anyhow::Context;
+use secrecy::ExposeSecret;
 
-use crate::actors::matchmaker::{
-    Accept, Act, Decline, GetChallenge, GetLiveMatch, GetStanding, Join, Leave, MatchAction,
-    MatchmakerActor, MatchmakingError, SendChallenge, Standing,
-};
+use crate::actors::HubSet;
 use crate::config::Settings;
-use crate::domain::{Challenge, Discipline, Match, UserId};
-use crate::matchmaking::pool::QueueKey;
 use crate::metrics::Metrics;
-use crate::notifier::Notifier;
-use crate::store::Store;
-use commands::{Answer, Command, CommandClient, Leader};
+pub use bridge::BridgeHandle;
+pub use matchmaker::{CallError, Matchmaker, Membership, join};
+pub use presence::{Claim, LocalPresence, Presence, RedisPresence};
 
-/// A running cluster membership: stopping it releases the lease.
-pub struct Membership {
-    stop: watch::Sender<bool>,
-    lease: tokio::task::JoinHandle<()>,
-}
+/// How long start-up waits for Redis before going on without it (the bridge keeps trying).
+const START_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Membership {
-    /// Stops leading and releases the lease (a successor takes over at once, not after the
-    /// lease's time to live).
-    pub async fn leave(self) {
-        let _ = self.stop.send(true);
-        let _ = self.lease.await;
-    }
-}
-
-/// Joins the cluster at `url`: runs the lease, the matchmaker whenever this node leads, and the
-/// command client the HTTP handlers use. Must run on an actix arbiter.
-pub async fn join(
-    url: &str,
-    settings: &Settings,
-    store: Arc<dyn Store>,
-    notifier: Notifier,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<(Matchmaker, Membership)> {
-    let client = redis::Client::open(url).context("redis.url")?;
-    let redis = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .context("connecting to redis")?;
-    let keys = Keys::new(&settings.cluster.key_prefix);
-    let node = format!("node-{}", Uuid::new_v4().simple());
-    let clock = lease::Clock::default();
-    let (leadership, led) = watch::channel(None);
-    let (stop, stopped) = watch::channel(false);
-    let holder = lease::Holder {
-        redis: redis.clone(),
-        keys: keys.clone(),
-        node: node.clone(),
-        ttl: Duration::from_millis(settings.cluster.lease_ttl_ms),
-        clock,
-    };
-    let lease = tokio::spawn(lease::run(holder, leadership, stopped, metrics.clone()));
-    let leader = Leader {
-        store: store.clone(),
-        notifier,
-        metrics,
-        policy: settings.matchmaking.policy.clone(),
-        timing: settings.matchmaking.timing(),
-        keys: keys.clone(),
-        client: client.clone(),
-        redis: redis.clone(),
-        clock,
-        leadership: led,
-    };
-    actix::spawn(leader.run());
-    let timeout = Duration::from_millis(settings.cluster.command_timeout_ms);
-    let commands = CommandClient::start(client, redis, keys, node.clone(), timeout).await?;
-    tracing::info!(node, "cluster mode: matchmaking commands go through redis");
-    Ok((
-        Matchmaker::Cluster {
-            client: Arc::new(commands),
-            store,
-        },
-        Membership { stop, lease },
-    ))
-}
-
-/// The Redis keys of one cluster. They share one hash tag, so a Redis Cluster keeps them in one
-/// slot (the acquire script touches two of them).
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub lease: String,
-    pub fence: String,
-    pub commands: String,
-    reply_prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        let tag = format!("{{{prefix}:mm}}");
-        Keys {
-            lease: format!("{tag}:lease"),
-            fence: format!("{tag}:fence"),
-            commands: format!("{tag}:commands"),
-            reply_prefix: format!("{tag}:reply:"),
-        }
-    }
-
-    /// The channel a node hears the leader's answers on.
-    pub fn replies_of(&self, node: &str) -> String {
-        format!("{}{node}", self.reply_prefix)
-    }
-}
-
-/// Why a matchmaking call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error(transparent)]
-    Matchmaking(#[from] MatchmakingError),
-    /// The actor or the leader did not answer (a mailbox closed, a timeout, Redis down).
-    #[error("{0}")]
-    Unavailable(String),
-    #[error(transparent)]
-    Store(#[from] anyhow::Error),
-}
-
-type Call<T> = Result<T, CallError>;
-
-/// Where the HTTP handlers send matchmaking commands and ask matchmaking questions: this node's
-/// actor (single node), or the cluster's leader through the command stream, with reads from the
-/// store (cluster mode: this node's engine may be stale or absent).
+/// What cluster mode adds to a running node.
 #[derive(Clone)]
-pub enum Matchmaker {
-    Local(Addr<MatchmakerActor>),
-    Cluster {
-        client: Arc<CommandClient>,
-        store: Arc<dyn Store>,
-    },
+pub struct Cluster {
+    pub bridge: BridgeHandle,
+    pub presence: Arc<RedisPresence>,
+    pub node: String,
 }
 
-fn mailbox(error: actix::MailboxError) -> CallError {
-    CallError::Unavailable(format!("the matchmaker is not available: {error}"))
-}
-
-impl Matchmaker {
-    async fn forward(client: &CommandClient, command: Command) -> Call<Answer> {
-        client.call(command).await
-    }
-
-    pub async fn join(&self, user: UserId, queue: QueueKey, rating: f64) -> Call<Standing> {
-        match self {
-            Matchmaker::Local(actor) => Ok(actor
-                .send(Join {
-                    user,
-                    queue,
-                    rating,
-                })
-                .await
-                .map_err(mailbox)??),
-            Matchmaker::Cluster { client, .. } => {
-                let command = Command::Join {
-                    user,
-                    discipline: queue.discipline,
-                    scope: queue.scope,
-                    rating,
-                };
-                Self::forward(client, command).await?.standing()
-            }
+impl Cluster {
+    /// Connects to Redis, clears what an earlier run of this node left, and starts the bridge
+    /// and the presence heartbeat. `None` when `redis.url` is empty.
+    pub async fn start(
+        settings: &Settings,
+        hubs: Arc<HubSet>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Option<Cluster>> {
+        if !settings.redis.enabled() {
+            return Ok(None);
         }
-    }
-
-    pub async fn leave(&self, user: UserId) -> Call<Standing> {
-        match self {
-            Matchmaker::Local(actor) => Ok(actor.send(Leave { user }).await.map_err(mailbox)??),
-            Matchmaker::Cluster { client, .. } => Self::forward(client, Command::Leave { user })
-                .await?
-                .standing(),
-        }
-    }
-
-    pub async fn challenge(
-        &self,
-        from: UserId,
-        to: UserId,
-        discipline: Discipline,
-    ) -> Call<Challenge> {
-        match self {
-            Matchmaker::Local(actor) => Ok(actor
-                .send(SendChallenge {
-                    from,
-                    to,
-                    discipline,
-                })
-                .await
-                .map_err(mailbox)??),
-            Matchmaker::Cluster { client, .. } => Self::forward(
-                client,
-                Command::Challenge {
-                    from,
-                    to,
-                    discipline,
-                },
-            )
-            .await?
-            .challenge(),
-        }
-    }
-
-    pub async fn accept(&self, id: Uuid, user: UserId, ratings: (f64, f64)) -> Call<Match> {
-        match self {
-            Matchmaker::Local(actor) => Ok(actor
-                .send(Accept { id, user, ratings })
-                .await
-                .map_err(mailbox)??),
-            Matchmaker::Cluster { client, .. } => {
-                Self::forward(client, Command::Accept { id, user, ratings })
-                    .await?
-                    .a_match()
-            }
-        }
-    }
-
-    pub async fn decline(&self, id: Uuid, user: UserId) -> Call<Challenge> {
-        match self {
-            Matchmaker::Local(actor) => {
-                Ok(actor.send(Decline { id, user }).await.map_err(mailbox)??)
-            }
-            Matchmaker::Cluster { client, .. } => {
-                Self::forward(client, Command::Decline { id, user })
-                    .await?
-                    .challenge()
-            }
-        }
-    }
-
-    pub async fn act(&self, id: Uuid, user: UserId, action: MatchAction) -> Call<Match> {
-        match self {
-            Matchmaker::Local(actor) => Ok(actor
-                .send(Act { id, user, action })
-                .await
-                .map_err(mailbox)??),
-            Matchmaker::Cluster { client, .. } => {
-                Self::forward(client, Command::act(id, user, action))
-                    .await?
-                    .a_match()
-            }
-        }
-    }
-
-    /// Where a climber stands. Cluster mode reads the store: what it answers is committed.
-    pub async fn standing(&self, user: UserId) -> Call<Standing> {
-        match self {
-            Matchmaker::Local(actor) => {
-                Ok(actor.send(GetStanding { user }).await.map_err(mailbox)?)
-            }
-            Matchmaker::Cluster { store, .. } => Ok(standing_from_store(store.as_ref(), &user)
-                .await
-                .map_err(CallError::Store)?),
-        }
-    }
-
-    /// A match that has not ended (None: ended or unknown; read the store).
-    pub async fn live_match(&self, id: Uuid) -> Call<Option<Match>> {
-        match self {
-            Matchmaker::Local(actor) => {
-                Ok(actor.send(GetLiveMatch { id }).await.map_err(mailbox)?)
-            }
-            Matchmaker::Cluster { store, .. } => {
-                Ok(store.get_match(id).await?.filter(|m| m.status.is_live()))
-            }
-        }
-    }
-
-    /// A pending challenge (None: unknown, answered or expired).
-    pub async fn pending_challenge(&self, id: Uuid) -> Call<Option<Challenge>> {
-        match self {
-            Matchmaker::Local(actor) => {
-                Ok(actor.send(GetChallenge { id }).await.map_err(mailbox)?)
-            }
-            Matchmaker::Cluster { store, .. } => Ok(store
-                .pending_challenges()
-                .await?
-                .into_iter()
-                .find(|c| c.challenge_id == id)),
-        }
+        let cfg = &settings.cluster;
+        let node = if cfg.node_id.is_empty() {
+            uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+        } else {
+            cfg.node_id.clone()
+        };
+        let keys = keys::Keys::new(&cfg.key_prefix, &node);
+        let url = settings.redis.url.expose_secret().to_owned();
+        // Start-up needs to know what the server is; a node that cannot reach Redis at start
+        // does not start (a node that loses it later keeps serving).
+        let server = tokio::time::timeout(START_TIMEOUT, conn::Server::discover(&url))
+            .await
+            .context("Redis did not answer at start")?
+            .context("discovering Redis")?;
+        let publisher = server.commands().await.context("connecting to Redis")?;
+        let presence = Arc::new(RedisPresence::new(
+            publisher.clone(),
+            keys.clone(),
+            settings.sse.max_sessions_per_user,
+            Duration::from_secs(cfg.presence_ttl_secs),
+            metrics.clone(),
+        ));
+        presence
+            .clear_own()
+            .await
+            .context("clearing this node's presence")?;
+        spawn_heartbeat(
+            presence.clone(),
+            Duration::from_secs(cfg.presence_refresh_secs),
+        );
+        let (actor, bridge) = bridge::RedisBridgeActor::new(
+            server.clone(),
+            publisher,
+            keys,
+            hubs,
+            presence.clone(),
+            metrics,
+            Duration::from_millis(cfg.probe_every_ms),
+            Duration::from_millis(cfg.probe_timeout_ms),
+        );
+        actor.spawn();
+        tracing::info!(
+            node = %node,
+            cluster = server.cluster,
+            sharded = server.sharded,
+            "cluster mode: Redis bridge starting"
+        );
+        Ok(Some(Cluster {
+            bridge,
+            presence,
+            node,
+        }))
     }
 }
 
-/// A climber's standing as the store holds it: their queue ticket, the live match holding them,
-/// their pending challenges.
-async fn standing_from_store(store: &dyn Store, user: &UserId) -> anyhow::Result<Standing> {
-    use crate::matchmaking::engine::QueueSpot;
-    use crate::matchmaking::pool::Ticket;
-    let queue = store
-        .queued_tickets()
-        .await?
-        .into_iter()
-        .find(|t| &t.user == user)
-        .map(|t| QueueSpot {
-            queue: QueueKey {
-                discipline: t.discipline,
-                scope: t.scope,
-            },
-            ticket: Ticket {
-                user: t.user,
-                rating: t.rating,
-                queued_at: t.queued_at.timestamp_millis(),
-            },
-        });
-    let current = store
-        .live_matches()
-        .await?
-        .into_iter()
-        .rev()
-        .find(|m| m.player(user).is_some());
-    let (incoming, outgoing) = store
-        .pending_challenges()
-        .await?
-        .into_iter()
-        .filter(|c| &c.from == user || &c.to == user)
-        .partition(|c| &c.to == user);
-    Ok(Standing {
-        queue,
-        current,
-        recent: None,
-        incoming,
-        outgoing,
-    })
+/// Rewrites this node's presence entries every `every`, so they outlive it by at most the TTL.
+fn spawn_heartbeat(presence: Arc<RedisPresence>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = presence.refresh().await {
+                tracing::debug!(error = ?error, "presence refresh failed");
+            }
+        }
+    });
 }

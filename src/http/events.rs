@@ -108,6 +108,24 @@ pub async fn stream(
             ),
         )
     })?;
+    // In cluster mode the cap counts the user's streams on every node; the slot is written
+    // before the session reads the store, so other nodes route its events here from then on.
+    let permit = match &state.cluster {
+        Some(cluster) => match cluster.presence.claim(&user).await {
+            crate::cluster::Claim::Granted(slot) => permit.also_holding(slot),
+            crate::cluster::Claim::Refused => {
+                crate::metrics::Metrics::add(&state.metrics.cluster.sessions_refused_cluster, 1);
+                return Err(ApiError::new(
+                    ErrorKind::TooManySessions,
+                    format!(
+                        "user already has {} open streams across the cluster",
+                        state.settings.sse.max_sessions_per_user
+                    ),
+                ));
+            }
+        },
+        None => permit,
+    };
     let outbox = Rc::new(RefCell::new(Outbox::new(
         state.settings.sse.queue_capacity,
         state.frames.retry.clone(),

@@ -12,6 +12,11 @@ pub struct HealthStatus {
     /// `ok` from `/healthz`, `ready` from `/readyz`.
     #[schema(example = "ok")]
     status: &'static str,
+    /// Cluster mode only, from `/readyz`: `up`, or `down` while the Redis bridge is
+    /// reconnecting (the node still serves its own users and catches them up afterwards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "up")]
+    redis: Option<&'static str>,
 }
 
 /// Liveness: the process answers.
@@ -23,16 +28,23 @@ pub struct HealthStatus {
         example = json!({"status": "ok"})))
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(HealthStatus { status: "ok" })
+    HttpResponse::Ok().json(HealthStatus {
+        status: "ok",
+        redis: None,
+    })
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers. In cluster mode it also says whether the Redis bridge is up,
+/// and stays 200 while it is down: the node still serves its users from the store and its own
+/// events, and taking every node out of a proxy when Redis fails would turn a degraded cluster
+/// into an outage.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "ops",
     responses(
-        (status = 200, description = "Ready", body = HealthStatus, example = json!({"status": "ready"})),
+        (status = 200, description = "Ready; `redis` only in cluster mode", body = HealthStatus,
+            example = json!({"status": "ready", "redis": "up"})),
         (status = 503, body = ErrorBody, description = "`unavailable`: the store is not reachable"),
     )
 )]
@@ -41,7 +53,18 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         tracing::warn!(error = ?e, "store is not reachable");
         ApiError::new(ErrorKind::Unavailable, "store is not reachable")
     })?;
-    Ok(HttpResponse::Ok().json(HealthStatus { status: "ready" }))
+    let redis = state.cluster.as_ref().map(|_| {
+        let up = state
+            .metrics
+            .cluster
+            .bridge_up
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if up == 1 { "up" } else { "down" }
+    });
+    Ok(HttpResponse::Ok().json(HealthStatus {
+        status: "ready",
+        redis,
+    }))
 }
 
 /// Prometheus counters and gauges of this node.

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod matchmaking;
 pub mod notifications;
 pub mod openapi;
+pub mod presence;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub frames: StaticFrames,
     pub matchmaker: crate::cluster::Matchmaker,
     pub known_users: matchmaking::KnownUsers,
+    /// Who is online: this node's sessions, or the cluster's in cluster mode.
+    pub presence: Arc<dyn crate::cluster::Presence>,
+    /// Cluster mode (`redis.url` set).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// One per worker thread: the registry its sessions join (served by that worker's `Hub`).
@@ -85,6 +90,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
         ))
         .service(resource("/notify", web::post().to(host::notify)))
         .service(resource("/broadcast", web::post().to(host::broadcast)))
+        .service(resource("/presence", web::get().to(presence::presence)))
         .service(
             web::resource("/queue")
                 .route(web::post().to(matchmaking::join_queue))

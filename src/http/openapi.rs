@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ascents, auth, dev, events, health, host, matchmaking, notifications};
+use super::{ascents, auth, dev, events, health, host, matchmaking, notifications, presence};
 use crate::domain::{Broadcast, Notification, UnreadSummary};
 use crate::error::ErrorBody;
 
@@ -26,6 +26,7 @@ use crate::error::ErrorBody;
         notifications::mark_read,
         host::notify,
         host::broadcast,
+        presence::presence,
         matchmaking::join_queue,
         matchmaking::leave_queue,
         matchmaking::me_match,

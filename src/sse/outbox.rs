@@ -5,6 +5,8 @@
 //! live frames and asks its session to catch up from the store; the session replays what is
 //! missing and then releases the held frames. The same path serves `Last-Event-ID` resumes: a new
 //! session starts out catching up. Single-threaded by design: it lives on its worker's thread.
+//! Frames from other nodes (the Redis bridge) are offered the same way. Its part in the whole
+//! guarantee: "Delivery order" in docs/ARCHITECTURE.md.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -202,6 +204,14 @@ impl Outbox {
         self.enqueue(frame)
     }
 
+    /// Starts a catch-up on request (the Redis bridge resubscribed: live frames may have been
+    /// lost): frames are held from now on until the session's store read releases them.
+    pub fn begin_catch_up(&mut self) {
+        if !self.is_closed() {
+            self.catching_up = true;
+        }
+    }
+
     /// During a catch-up: where the client stands, before any replay.
     pub fn start_from(&mut self, cursor: Cursor) {
         self.last = cursor;
@@ -357,6 +367,27 @@ mod tests {
         assert_eq!(o.offer_user(Cursor(2), frame("2 again")), Offer::Skipped);
         assert_eq!(o.offer_user(Cursor(1), frame("1 again")), Offer::Skipped);
         assert_eq!(drain(&mut o), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_requested_catch_up_holds_live_frames_until_the_store_read_fills_what_redis_lost() {
+        let mut o = live(8, 3);
+        // The bridge resubscribed: 4 and 5 were lost on the way, 6 arrives live meanwhile.
+        o.begin_catch_up();
+        assert_eq!(o.offer_user(Cursor(6), frame("6")), Offer::Held);
+        assert_eq!(o.offer(frame("b")), Offer::Held);
+        for c in [4, 5, 6] {
+            assert_eq!(
+                o.push_replayed(Cursor(c), frame(&c.to_string())),
+                Offer::Queued
+            );
+        }
+        assert_eq!(o.release_held(), Release::Live);
+        assert_eq!(drain(&mut o), ["4", "5", "6", "b"]);
+        assert_eq!(o.offer_user(Cursor(7), frame("7")), Offer::Queued);
+        o.close();
+        o.begin_catch_up();
+        assert_eq!(o.offer_user(Cursor(8), frame("8")), Offer::Closed);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What every backend shares around its SQL: the group-commit writer (one per store, so a node's
 //! commits and their hooks run in one order), the retry of a group that lost a deadlock, and the
-//! batching readers behind the connect-time look-ups.
+//! batching readers behind the connect-time look-ups. The writer's commit hooks are where
+//! "Delivery order" (docs/ARCHITECTURE.md) starts: a node's events leave in commit order.
 
 use std::collections::HashMap;
 use std::future::Future;

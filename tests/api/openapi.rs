@@ -142,6 +142,7 @@ async fn the_document_lists_every_endpoint_with_its_method() {
         ("/v1/notifications/read", "post"),
         ("/v1/notify", "post"),
         ("/v1/broadcast", "post"),
+        ("/v1/presence", "get"),
         ("/v1/queue", "post"),
         ("/v1/queue", "delete"),
         ("/v1/me/match", "get"),

@@ -7,6 +7,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod redis;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,136 @@
+//! What crosses Redis between nodes: a one-line text header (sender, kind, and for a user's
+//! stored event its user, cursor and notification id), then the SSE frame bytes as encoded once
+//! by the sending node. Ids never hold spaces or line breaks (`domain::ids`), so the header
+//! needs no escaping and the frame is not copied into JSON.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::domain::{Cursor, UserId};
+
+/// Marks the wire format, so a future change can be told apart.
+const MAGIC: &str = "BLY1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A stored event: the receiving outbox orders it by cursor and fills gaps from the store.
+    Event {
+        user: UserId,
+        cursor: Cursor,
+        id: Uuid,
+    },
+    /// A user's new unread count (no cursor).
+    Unread { user: UserId },
+    /// For every session.
+    Broadcast,
+    /// A node's own probe, back on its own channel.
+    Probe { seq: u64 },
+    /// The sender could not publish everything it owed: every node catches all sessions up.
+    Resync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub node: String,
+    pub kind: Kind,
+    pub frame: Bytes,
+}
+
+impl Message {
+    /// The user whose sessions receive it, for routing through presence.
+    pub fn user(&self) -> Option<&UserId> {
+        match &self.kind {
+            Kind::Event { user, .. } | Kind::Unread { user } => Some(user),
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let header = match &self.kind {
+            Kind::Event { user, cursor, id } => format!("E {user} {} {id}", cursor.0),
+            Kind::Unread { user } => format!("U {user}"),
+            Kind::Broadcast => "B".to_owned(),
+            Kind::Probe { seq } => format!("P {seq}"),
+            Kind::Resync => "R".to_owned(),
+        };
+        let mut out =
+            Vec::with_capacity(MAGIC.len() + self.node.len() + header.len() + 3 + self.frame.len());
+        out.extend_from_slice(format!("{MAGIC} {} {header}\n", self.node).as_bytes());
+        out.extend_from_slice(&self.frame);
+        out
+    }
+
+    /// `None` for anything not in this format (another program on the channel).
+    pub fn decode(raw: &[u8]) -> Option<Message> {
+        let end = raw.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&raw[..end]).ok()?;
+        let mut parts = header.split(' ');
+        if parts.next()? != MAGIC {
+            return None;
+        }
+        let node = parts.next()?.to_owned();
+        let user = |p: Option<&str>| p.and_then(|u| UserId::parse(u).ok());
+        let kind = match parts.next()? {
+            "E" => Kind::Event {
+                user: user(parts.next())?,
+                cursor: Cursor(parts.next()?.parse().ok()?),
+                id: parts.next()?.parse().ok()?,
+            },
+            "U" => Kind::Unread {
+                user: user(parts.next())?,
+            },
+            "B" => Kind::Broadcast,
+            "P" => Kind::Probe {
+                seq: parts.next()?.parse().ok()?,
+            },
+            "R" => Kind::Resync,
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Message {
+            node,
+            kind,
+            frame: Bytes::copy_from_slice(&raw[end + 1..]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_survives_the_wire_and_junk_is_refused() {
+        let ana = UserId::parse("ana@x.io").unwrap();
+        let frame = Bytes::from_static(b"id: 7\nevent: post_liked\ndata: {\"a\":1}\n\n");
+        for kind in [
+            Kind::Event {
+                user: ana.clone(),
+                cursor: Cursor(7),
+                id: Uuid::now_v7(),
+            },
+            Kind::Unread { user: ana },
+            Kind::Broadcast,
+            Kind::Probe { seq: 42 },
+            Kind::Resync,
+        ] {
+            let m = Message {
+                node: "n-1".into(),
+                kind,
+                frame: frame.clone(),
+            };
+            assert_eq!(Message::decode(&m.encode()), Some(m));
+        }
+        for junk in [
+            &b""[..],
+            b"hello",
+            b"BLY1 n X\n",
+            b"BLY1 n E ana x y\n",
+            b"BLY2 n B\n",
+        ] {
+            assert_eq!(Message::decode(junk), None);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Presence: which users have a live session, and on which node. [`Presence`] is what the rest
+//! of Belay asks (the presence endpoint, later the push path: is this user online anywhere?);
+//! [`LocalPresence`] answers it on a single node, [`RedisPresence`] across the cluster.
+//!
+//! In Redis each user has one hash, `{prefix:user:<id>}:sessions`: a field per node holding
+//! `count:expires_at_ms`. A node rewrites its fields on a heartbeat, so a crashed node's fields
+//! pass their expiry within `cluster.presence_ttl_secs` and count for nothing; scripts drop them
+//! as they pass. Counting and claiming a session slot is one Lua script on the user's hash, so
+//! the per-user cap holds across nodes. This node's own counts are the truth for its fields:
+//! every write sets the whole count (never adds to it), so a lost or late write is corrected by
+//! the next refresh. Part of "Delivery order" (docs/ARCHITECTURE.md): the bridge routes a user's
+//! events to the nodes listed here, and a session's slot is written before it reads the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use redis::Script;
+
+use super::conn::Conn;
+use super::keys::Keys;
+use crate::domain::UserId;
+use crate::metrics::Metrics;
+
+/// Sets this node's count of a user's sessions (dropping expired fields on the way) and returns
+/// the total; with a cap (ARGV[3] > 0) refuses with -1, changing nothing, when the other nodes'
+/// live sessions plus this node's new count would pass it.
+const SET_COUNT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local others = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local n, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  if n == nil or tonumber(e) <= now then
+    redis.call('HDEL', KEYS[1], entries[i])
+  elseif entries[i] ~= ARGV[1] then
+    others = others + tonumber(n)
+  end
+end
+local mine = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+if cap > 0 and others + mine > cap then
+  return -1
+end
+if mine == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], mine .. ':' .. (now + tonumber(ARGV[4])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return others + mine
+";
+
+/// The nodes holding a live session of the user.
+const LIVE_NODES: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local n, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  if n ~= nil and tonumber(n) > 0 and tonumber(e) > now then
+    table.insert(live, entries[i])
+  end
+end
+return live
+";
+
+/// Most ids one presence question may ask about.
+pub const MAX_PRESENCE_IDS: usize = 100;
+
+/// Whether users have a live session anywhere.
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// For each of `users`, in order: online on some node.
+    async fn online(&self, users: &[UserId]) -> anyhow::Result<Vec<bool>>;
+
+    /// Whether `user` is online on any node (what the push path asks before sending).
+    async fn is_online(&self, user: &UserId) -> anyhow::Result<bool> {
+        Ok(self
+            .online(std::slice::from_ref(user))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+}
+
+/// A user's open sessions on this node, by user: shared with the node's session limiter.
+pub type OpenSessions = Arc<Mutex<HashMap<UserId, usize>>>;
+
+/// Presence on a single node: the sessions this process holds.
+pub struct LocalPresence {
+    open: OpenSessions,
+}
+
+impl LocalPresence {
+    pub fn new(open: OpenSessions) -> Self {
+        LocalPresence { open }
+    }
+}
+
+#[async_trait]
+impl Presence for LocalPresence {
+    async fn online(&self, users: &[UserId]) -> anyhow::Result<Vec<bool>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(users
+            .iter()
+            .map(|u| open.get(u).is_some_and(|&n| n > 0))
+            .collect())
+    }
+}
+
+/// The answer to a session's claim on a cluster-wide slot.
+pub enum Claim {
+    /// Holds the slot until dropped.
+    Granted(PresenceSlot),
+    /// The user already has the maximum open across the cluster.
+    Refused,
+}
+
+/// Presence kept in Redis for the whole cluster.
+pub struct RedisPresence {
+    conn: Conn,
+    keys: Keys,
+    max_sessions: usize,
+    ttl: Duration,
+    /// This node's sessions per user: the truth its Redis fields are rewritten from.
+    local: Mutex<HashMap<UserId, usize>>,
+    set_count: Script,
+    live_nodes: Script,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisPresence {
+    pub fn new(
+        conn: Conn,
+        keys: Keys,
+        max_sessions: usize,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RedisPresence {
+            conn,
+            keys,
+            max_sessions,
+            ttl,
+            local: Mutex::default(),
+            set_count: Script::new(SET_COUNT),
+            live_nodes: Script::new(LIVE_NODES),
+            metrics,
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes this node's count for `user`; `cap` 0 means no check. Returns the total, or -1
+    /// when refused by the cap.
+    async fn write(&self, user: &UserId, count: usize, cap: usize) -> anyhow::Result<i64> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .set_count
+            .key(self.keys.user_sessions(user))
+            .arg(self.keys.node())
+            .arg(count)
+            .arg(cap)
+            .arg(self.ttl_ms())
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Claims a slot for a new session of `user`, counted across the cluster. While Redis does
+    /// not answer, the node keeps serving its own users: the claim is granted (the node's own
+    /// cap still holds) and the next refresh writes the count.
+    pub async fn claim(self: &Arc<Self>, user: &UserId) -> Claim {
+        let count = {
+            let mut local = self.local();
+            let n = local.entry(user.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let slot = || PresenceSlot {
+            presence: self.clone(),
+            user: user.clone(),
+        };
+        match self.write(user, count, self.max_sessions).await {
+            Ok(-1) => {
+                // Nothing was written: only the local count goes back.
+                let mut local = self.local();
+                release_local(&mut local, user);
+                Claim::Refused
+            }
+            Ok(_) => {
+                let mut conn = self.conn.clone();
+                let indexed = redis::cmd("SADD")
+                    .arg(self.keys.node_users(self.keys.node()))
+                    .arg(user.as_str())
+                    .exec_async(&mut conn)
+                    .await;
+                if let Err(error) = indexed {
+                    tracing::debug!(error = ?error, "indexing a presence entry");
+                }
+                self.metrics.cluster.presence_entries.store(
+                    len_i64(self.local().len()),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Claim::Granted(slot())
+            }
+            Err(error) => {
+                tracing::debug!(error = ?error, "presence claim without Redis; granted locally");
+                Claim::Granted(slot())
+            }
+        }
+    }
+
+    /// The nodes other than this one that hold a live session of `user`.
+    pub async fn nodes_of(&self, user: &UserId) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = self
+            .live_nodes
+            .key(self.keys.user_sessions(user))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n != self.keys.node())
+            .collect())
+    }
+
+    /// Rewrites every entry of this node (the heartbeat, and after Redis came back).
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let counts: Vec<(UserId, usize)> =
+            self.local().iter().map(|(u, n)| (u.clone(), *n)).collect();
+        self.metrics
+            .cluster
+            .presence_entries
+            .store(len_i64(counts.len()), std::sync::atomic::Ordering::Relaxed);
+        let writes = counts.iter().map(|(user, n)| self.write(user, *n, 0));
+        for result in futures_util::future::join_all(writes).await {
+            result?;
+        }
+        if !counts.is_empty() {
+            let index = self.keys.node_users(self.keys.node());
+            let mut conn = self.conn.clone();
+            redis::pipe()
+                .cmd("SADD")
+                .arg(&index)
+                .arg(counts.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&index)
+                .arg(self.ttl_ms())
+                .ignore()
+                .exec_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// At boot: removes the entries a previous run of this node id left (a crash).
+    pub async fn clear_own(&self) -> anyhow::Result<()> {
+        let index = self.keys.node_users(self.keys.node());
+        let mut conn = self.conn.clone();
+        let users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await
+            .context("reading this node's presence index")?;
+        for user in users.into_iter().filter_map(|u| UserId::parse(u).ok()) {
+            self.write(&user, 0, 0).await?;
+        }
+        redis::cmd("DEL").arg(&index).exec_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn released(self: &Arc<Self>, user: UserId) {
+        let count = {
+            let mut local = self.local();
+            release_local(&mut local, &user)
+        };
+        let presence = self.clone();
+        // Dropped on a worker thread inside its runtime; without one (a test tearing down)
+        // the heartbeat corrects the count instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = presence.write(&user, count, 0).await {
+                    tracing::debug!(error = ?error, "releasing a presence entry");
+                }
+            });
+        }
+    }
+}
+
+fn len_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Takes one session of `user` off the local counts; returns what is left.
+fn release_local(local: &mut HashMap<UserId, usize>, user: &UserId) -> usize {
+    let Some(n) = local.get_mut(user) else {
+        return 0;
+    };
+    *n = n.saturating_sub(1);
+    let left = *n;
+    if left == 0 {
+        local.remove(user);
+    }
+    left
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn online(&self, users: &[UserId]) -> anyhow::Result<Vec<bool>> {
+        let asks = users.iter().map(|user| async move {
+            let mut conn = self.conn.clone();
+            let nodes: Vec<String> = self
+                .live_nodes
+                .key(self.keys.user_sessions(user))
+                .invoke_async(&mut conn)
+                .await?;
+            anyhow::Ok(!nodes.is_empty())
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+/// One session's place in the cluster-wide count; given back when dropped.
+pub struct PresenceSlot {
+    presence: Arc<RedisPresence>,
+    user: UserId,
+}
+
+impl Drop for PresenceSlot {
+    fn drop(&mut self) {
+        self.presence.released(self.user.clone());
+    }
+}

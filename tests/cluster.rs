@@ -1,0 +1,407 @@
+//! Cluster mode end to end: real `belay` processes on one PostgreSQL database and one Redis
+//! (the machine's, or servers the test owns), each test under a Redis key prefix of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::process::{Running, client, free_port, json_of, next, signal, start_with, wait_ready};
+use support::redis::{OwnCluster, OwnRedis, shared, unique_prefix};
+use support::{Server, fresh_database};
+
+const API_KEY: &str = "cluster-test-key";
+const JWT_SECRET: &str = "cluster-test-secret-0123456789";
+
+/// One `belay` node of a test cluster.
+struct Node {
+    base: String,
+    _process: Running,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(database: &str, redis: &str, prefix: &str, extra: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut env = vec![
+            ("BELAY__DATABASE__URL", database),
+            ("BELAY__REDIS__URL", redis),
+            ("BELAY__CLUSTER__KEY_PREFIX", prefix),
+            ("BELAY__AUTH__API_KEY", API_KEY),
+            ("BELAY__AUTH__JWT_SECRET", JWT_SECRET),
+            ("BELAY__LIMITS__USER_REQUESTS_PER_SEC", "0"),
+            ("BELAY__CLUSTER__PROBE_EVERY_MS", "200"),
+            ("BELAY__CLUSTER__PROBE_TIMEOUT_MS", "800"),
+        ];
+        env.extend_from_slice(extra);
+        let process = Running(start_with(dir.path(), port, &env));
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&client(), &base).await;
+        Node {
+            base,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    async fn token(&self, user: &str) -> String {
+        json_of(
+            client()
+                .post(format!("{}/v1/dev/token", self.base))
+                .json(&json!({"user_id": user})),
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An open stream of `user`, past its `unread` summary (so its presence is written).
+    async fn stream(&self, user: &str) -> Stream {
+        let response = client()
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(self.token(user).await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "stream of {user}");
+        let mut events = Box::pin(response.bytes_stream().eventsource());
+        assert_eq!(next(&mut events).await.unwrap().event, "unread");
+        events
+    }
+
+    async fn notify(&self, user: &str, post: &str) -> Value {
+        let body =
+            json!({"user_id": user, "kind": "post_liked", "data": {"post_id": post, "by": "zoe"}});
+        let r = client()
+            .post(format!("{}/v1/notify", self.base))
+            .header("X-Api-Key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    }
+
+    async fn presence(&self, users: &[&str]) -> reqwest::Response {
+        let query: Vec<String> = users.iter().map(|u| format!("user_id={u}")).collect();
+        client()
+            .get(format!("{}/v1/presence?{}", self.base, query.join("&")))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn online(&self, user: &str) -> bool {
+        let body: Value = self.presence(&[user]).await.json().await.unwrap();
+        body["users"][0]["online"].as_bool().unwrap()
+    }
+}
+
+type Stream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// The next event that is not a comment or an `unread` update.
+async fn next_event(stream: &mut Stream) -> eventsource_stream::Event {
+    loop {
+        let e = next(stream).await.expect("the stream goes on");
+        if e.event != "unread" {
+            return e;
+        }
+    }
+}
+
+/// Nothing but heartbeats or `unread` for `wait`.
+async fn quiet_for(stream: &mut Stream, wait: Duration) {
+    let got = tokio::time::timeout(wait, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(e)) if e.event == "unread" => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(got.is_err(), "expected nothing, got {got:?}");
+}
+
+#[tokio::test]
+async fn an_event_posted_on_one_node_reaches_the_users_sessions_on_the_others_and_only_those_nodes()
+{
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let a = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let b = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let c = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let mut on_b = b.stream("ana").await;
+    let mut on_c = c.stream("ana").await;
+    let mut bob_on_b = b.stream("bob").await;
+
+    a.notify("ana", "p1").await;
+    for s in [&mut on_b, &mut on_c] {
+        let e = next_event(s).await;
+        assert_eq!((e.id.as_str(), e.event.as_str()), ("1", "post_liked"));
+    }
+
+    // bob is only on B: C hears nothing about him.
+    let c_in = c.metric("belay_bridge_messages_in_total").await;
+    let b_in = b.metric("belay_bridge_messages_in_total").await;
+    a.notify("bob", "p2").await;
+    assert_eq!(next_event(&mut bob_on_b).await.id, "1");
+    assert_eq!(c.metric("belay_bridge_messages_in_total").await, c_in);
+    assert_eq!(b.metric("belay_bridge_messages_in_total").await, b_in + 1.0);
+
+    // A broadcast reaches every node's sessions.
+    let r = client()
+        .post(format!("{}/v1/broadcast", a.base))
+        .header("X-Api-Key", API_KEY)
+        .json(&json!({"kind": "new_post", "data": {"post_id": "p9", "by": "cy", "title": "Hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut on_a = a.stream("cy").await;
+    for s in [&mut on_b, &mut on_c, &mut bob_on_b] {
+        assert_eq!(next_event(s).await.event, "new_post");
+    }
+    // cy connected after the broadcast: nothing stored, nothing replayed.
+    quiet_for(&mut on_a, Duration::from_millis(300)).await;
+
+    let ready: Value = json_of(client().get(format!("{}/readyz", a.base))).await;
+    assert_eq!(ready["redis"], "up");
+    assert_eq!(a.metric("belay_bridge_up").await, 1.0);
+}
+
+#[tokio::test]
+async fn presence_answers_for_the_cluster_and_the_session_cap_spans_nodes() {
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let cap = [("BELAY__SSE__MAX_SESSIONS_PER_USER", "2")];
+    let a = Node::start(&db.url, &redis, &prefix, &cap).await;
+    let b = Node::start(&db.url, &redis, &prefix, &cap).await;
+    let first = a.stream("ana").await;
+    let _second = b.stream("ana").await;
+
+    let refused = client()
+        .get(format!("{}/v1/events", b.base))
+        .bearer_auth(b.token("ana").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429, "a third stream across two nodes");
+    assert_eq!(b.metric("belay_sessions_refused_cluster_total").await, 1.0);
+
+    let body: Value = b.presence(&["ana", "zed"]).await.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"users": [{"user_id": "ana", "online": true}, {"user_id": "zed", "online": false}]})
+    );
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let r = b.presence(&many).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    let r = client()
+        .get(format!("{}/v1/presence?user_id=ana", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "host key required");
+
+    // A closed stream gives its slot back, on every node's count.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client()
+            .get(format!("{}/v1/events", b.base))
+            .bearer_auth(b.token("ana").await)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_presence_expires() {
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let short = [
+        ("BELAY__CLUSTER__PRESENCE_TTL_SECS", "2"),
+        ("BELAY__CLUSTER__PRESENCE_REFRESH_SECS", "1"),
+    ];
+    let a = Node::start(&db.url, &redis, &prefix, &short).await;
+    let mut b = Node::start(&db.url, &redis, &prefix, &short).await;
+    let _dan = b.stream("dan").await;
+    assert!(a.online("dan").await);
+    // Refreshed: still online after the TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(a.online("dan").await, "a live node keeps its entries");
+
+    signal(&b._process.0, "KILL");
+    let _ = b._process.0.wait();
+    let killed = Instant::now();
+    while a.online("dan").await {
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "expired within the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cursors `1..=n` of one user's stream, each once and in order, within `wait`.
+async fn expect_cursors(stream: &mut Stream, n: i64, wait: Duration) {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while (seen.len() as i64) < n {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(e))) if e.event == "unread" => {}
+            Ok(Some(Ok(e))) => seen.push(e.id.parse::<i64>().unwrap()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "once each, in order");
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_loses_and_repeats_nothing() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let a = Node::start(&db.url, &redis.url(), &prefix, &[]).await;
+    let b = Node::start(&db.url, &redis.url(), &prefix, &[]).await;
+    let users = ["u0", "u1", "u2", "u3"];
+    // Each user has a session on each node; events are posted on both nodes in turn.
+    let mut streams = Vec::new();
+    for u in users {
+        streams.push((u, a.stream(u).await));
+        streams.push((u, b.stream(u).await));
+    }
+    let per_user = 40;
+    let mut sent: HashMap<&str, i64> = HashMap::new();
+    for i in 0..per_user {
+        if i == per_user / 3 {
+            redis.kill();
+        }
+        if i == per_user / 2 {
+            redis.restart();
+        }
+        for (k, u) in users.iter().enumerate() {
+            let node = if (i + k) % 2 == 0 { &a } else { &b };
+            node.notify(u, &format!("p{i}")).await;
+            *sent.entry(u).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (u, stream) in &mut streams {
+        expect_cursors(stream, sent[u], Duration::from_secs(20)).await;
+    }
+    assert!(a.metric("belay_bridge_reconnects_total").await >= 1.0);
+    assert!(b.metric("belay_bridge_catch_ups_total").await >= 4.0);
+    let ready: Value = json_of(client().get(format!("{}/readyz", a.base))).await;
+    assert_eq!(ready["redis"], "up");
+}
+
+#[tokio::test]
+async fn while_redis_is_down_a_node_serves_its_own_users_and_says_so() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let a = Node::start(&db.url, &redis.url(), &unique_prefix(), &[]).await;
+    let mut ana = a.stream("ana").await;
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client()
+            .get(format!("{}/readyz", a.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if r.json::<Value>().await.unwrap()["redis"] == "down" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz says redis is down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.metric("belay_bridge_up").await, 0.0);
+    a.notify("ana", "p1").await;
+    assert_eq!(next_event(&mut ana).await.id, "1");
+    let _fresh = a.stream("bob").await;
+}
+
+#[tokio::test]
+async fn cross_node_delivery_works_unchanged_on_a_redis_cluster() {
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let a = Node::start(&db.url, &cluster.nodes[0].url(), &prefix, &[]).await;
+    let b = Node::start(&db.url, &cluster.nodes[1].url(), &prefix, &[]).await;
+    let mut streams = Vec::new();
+    for u in ["ana", "bob", "cy", "dee"] {
+        streams.push(b.stream(u).await);
+    }
+    for u in ["ana", "bob", "cy", "dee"] {
+        a.notify(u, "p1").await;
+        a.notify(u, "p2").await;
+    }
+    for s in &mut streams {
+        expect_cursors(s, 2, Duration::from_secs(10)).await;
+    }
+    assert!(a.online("dee").await);
+    assert_eq!(b.metric("belay_bridge_up").await, 1.0);
+}
