@@ -31,6 +31,10 @@ pub struct NotifyArgs {
     /// Server base URL; must be plain http on loopback (127.0.0.0/8, localhost, ::1).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Another node of the same cluster to publish to (cross-node: sessions on `--url`, the
+    /// host's notifies to this one); loopback only. Default: `--url`.
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// Number of users, each with one SSE session.
     #[arg(long, default_value_t = 200, value_parser = value_parser!(u32).range(1..=200_000))]
     pub users: u32,
@@ -150,6 +154,10 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     let cpu_start = common::process_cpu_seconds();
     let wall_start = Instant::now();
     let target = Target::loopback(&args.url)?;
+    let publish_target = match &args.publish_url {
+        Some(url) => Target::loopback(url)?,
+        None => target.clone(),
+    };
     let run = common::run_tag();
 
     let total_requests = u64::from(args.rate) * (args.warmup + args.duration);
@@ -218,7 +226,7 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     let publisher = Publisher {
         shared: Arc::clone(&shared),
         api,
-        url: target.endpoint("/v1/notify"),
+        url: publish_target.endpoint("/v1/notify"),
         api_key,
         users: Arc::new(open_users),
         batch: args.batch,
