@@ -78,6 +78,16 @@ pub(crate) fn is_conflict(error: &anyhow::Error) -> bool {
     })
 }
 
+/// An I/O error on a connection: the server closed it, or the network cut it.
+fn is_dropped_connection(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_))
+        )
+    })
+}
+
 /// Millisecond precision, as stored: live frames and replays carry the same timestamps.
 pub(crate) fn now_ms() -> DateTime<Utc> {
     DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
@@ -88,8 +98,9 @@ pub(crate) fn now_ms() -> DateTime<Utc> {
 async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
     let mut tx = match backend.begin().await {
         // A pooled connection the server has dropped (it restarted, or cut idle connections):
-        // nothing was sent in this transaction yet, so opening it again on another is safe.
-        Err(error) if super::is_unavailable(&error) => backend.begin().await?,
+        // nothing was sent in this transaction yet, so opening it again on another is safe. A
+        // pool that could not connect at all has waited its acquire timeout already: no retry.
+        Err(error) if is_dropped_connection(&error) => backend.begin().await?,
         opened => opened?,
     };
     let now = now_ms();
