@@ -358,3 +358,64 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
     let (token, _) = cluster.fence().await;
     assert!(token >= 2, "the successor wrote with a new number: {token}");
 }
+
+#[tokio::test]
+async fn a_paused_leader_resumed_after_its_successor_started_writes_nothing() {
+    let Some(cluster) = cluster_of(2).await else {
+        return;
+    };
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let other = 1 - leader;
+    let tokens = [
+        cluster.token(other, "ana").await,
+        cluster.token(other, "bob").await,
+    ];
+    // A ready check in flight on the leader: both its engine and, after the takeover, the
+    // successor's hold its deadline.
+    cluster.join(other, &tokens[0], "gym-s").await;
+    let (_, paired) = cluster.join(other, &tokens[1], "gym-s").await;
+    let deadline = chrono::DateTime::parse_from_rfc3339(
+        paired["match"]["ready_deadline"].as_str().expect("paired"),
+    )
+    .unwrap();
+
+    // SIGSTOP the leader: the other node takes the lease and runs the deadline.
+    signal(&cluster.nodes[leader].process.0, "STOP");
+    cluster
+        .leader(&[other], Duration::from_secs(10))
+        .await
+        .expect("the other node takes the lease");
+    let until = (deadline.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(until + Duration::from_millis(1500)).await;
+    let (token_before, _) = cluster.fence().await;
+
+    // SIGCONT the former leader: its timers and queued work wake up with a stale lease and
+    // fencing number, and nothing of theirs reaches the store.
+    signal(&cluster.nodes[leader].process.0, "CONT");
+    tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 1500)).await;
+    let events = cluster.stored_events().await;
+    for user in ["ana", "bob"] {
+        let count = |kind: &str| {
+            events
+                .get(&(user.to_owned(), kind.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(count("match_found"), 1, "{user}: {events:?}");
+        assert_eq!(
+            count("match_cancelled"),
+            1,
+            "{user}: cancelled once: {events:?}"
+        );
+    }
+    let (token_after, _) = cluster.fence().await;
+    assert!(
+        token_after >= token_before,
+        "the fence never goes back: {token_before} → {token_after}"
+    );
+}
