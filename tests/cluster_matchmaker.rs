@@ -340,6 +340,10 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
         late.num_milliseconds()
     );
     assert!(late.num_milliseconds() >= 0, "not before its deadline");
+    // Any node tells bob where he stands: his latest match, ended.
+    let bob = cluster.me(via, &tokens[1]).await;
+    assert_eq!(bob["match"]["match_id"], duel_id.as_str(), "{bob}");
+    assert_eq!(bob["match"]["status"], "cancelled", "{bob}");
 
     // Every command once: each climber's events, counted in the store.
     let events = cluster.stored_events().await;

@@ -1210,3 +1210,64 @@ async fn a_refused_fence_does_not_fail_other_writers_grouped_with_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_climbers_standing_holds_only_their_ticket_latest_match_and_pending_challenges() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let mut ended = a_match("ana", "bob", Discipline::Boulder, MatchStatus::Cancelled);
+        ended.created_at = at(1_000);
+        let mut live = a_match("cy", "ana", Discipline::Lead, MatchStatus::ReadyCheck);
+        live.created_at = at(2_000);
+        let others = a_match("bob", "cy", Discipline::Boulder, MatchStatus::ReadyCheck);
+        let incoming = challenge("dan", "ana", ChallengeStatus::Pending);
+        let outgoing = challenge("ana", "eve", ChallengeStatus::Pending);
+        let declined = challenge("fay", "ana", ChallengeStatus::Declined);
+        let not_hers = challenge("dan", "eve", ChallengeStatus::Pending);
+        save(
+            store,
+            vec![
+                Change::SaveMatch(ended.clone()),
+                Change::SaveMatch(others),
+                Change::SaveChallenge(incoming.clone()),
+                Change::SaveChallenge(outgoing.clone()),
+                Change::SaveChallenge(declined),
+                Change::SaveChallenge(not_hers),
+                Change::SaveTicket(ticket("ana", 1510.0, 500)),
+                Change::SaveTicket(ticket("bob", 1490.0, 600)),
+            ],
+        )
+        .await;
+
+        let standing = store.standing_of(&user("ana")).await.unwrap();
+        assert_eq!(
+            standing.ticket.map(|t| (t.user, t.rating)),
+            Some((user("ana"), 1510.0)),
+            "{name}"
+        );
+        assert_eq!(
+            standing.latest.map(|m| m.match_id),
+            Some(ended.match_id),
+            "{name}: her latest match, ended"
+        );
+        let mut ids: Vec<Uuid> = standing.challenges.iter().map(|c| c.challenge_id).collect();
+        ids.sort();
+        let mut expected = vec![incoming.challenge_id, outgoing.challenge_id];
+        expected.sort();
+        assert_eq!(ids, expected, "{name}: pending, sent or received");
+
+        // A newer match, where she is the second player, is the latest one.
+        save(store, vec![Change::SaveMatch(live.clone())]).await;
+        let standing = store.standing_of(&user("ana")).await.unwrap();
+        assert_eq!(
+            standing.latest.map(|m| m.match_id),
+            Some(live.match_id),
+            "{name}"
+        );
+        let nobody = store.standing_of(&user("zed")).await.unwrap();
+        assert!(
+            nobody.ticket.is_none() && nobody.latest.is_none() && nobody.challenges.is_empty(),
+            "{name}"
+        );
+    }
+}

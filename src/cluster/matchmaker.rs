@@ -18,7 +18,7 @@ use crate::actors::matchmaker::{
     MatchmakerActor, MatchmakingError, SendChallenge, Standing,
 };
 use crate::config::Settings;
-use crate::domain::{Challenge, Discipline, Match, UserId};
+use crate::domain::{Challenge, Discipline, Match, MatchStatus, UserId};
 use crate::matchmaking::pool::QueueKey;
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
@@ -305,38 +305,31 @@ impl Matchmaker {
 async fn standing_from_store(store: &dyn Store, user: &UserId) -> anyhow::Result<Standing> {
     use crate::matchmaking::engine::QueueSpot;
     use crate::matchmaking::pool::Ticket;
-    let queue = store
-        .queued_tickets()
-        .await?
-        .into_iter()
-        .find(|t| &t.user == user)
-        .map(|t| QueueSpot {
-            queue: QueueKey {
-                discipline: t.discipline,
-                scope: t.scope,
-            },
-            ticket: Ticket {
-                user: t.user,
-                rating: t.rating,
-                queued_at: t.queued_at.timestamp_millis(),
-            },
-        });
-    let current = store
-        .live_matches()
-        .await?
-        .into_iter()
-        .rev()
-        .find(|m| m.player(user).is_some());
-    let (incoming, outgoing) = store
-        .pending_challenges()
-        .await?
-        .into_iter()
-        .filter(|c| &c.from == user || &c.to == user)
-        .partition(|c| &c.to == user);
+    let stored = store.standing_of(user).await?;
+    let queue = stored.ticket.map(|t| QueueSpot {
+        queue: QueueKey {
+            discipline: t.discipline,
+            scope: t.scope,
+        },
+        ticket: Ticket {
+            user: t.user,
+            rating: t.rating,
+            queued_at: t.queued_at.timestamp_millis(),
+        },
+    });
+    // The latest match is the current one while it is live, else named as the recent one.
+    let (current, recent) = match stored.latest {
+        Some(m) if matches!(m.status, MatchStatus::ReadyCheck | MatchStatus::Confirmed) => {
+            (Some(m), None)
+        }
+        Some(m) => (None, Some(m.match_id)),
+        None => (None, None),
+    };
+    let (incoming, outgoing) = stored.challenges.into_iter().partition(|c| &c.to == user);
     Ok(Standing {
         queue,
         current,
-        recent: None,
+        recent,
         incoming,
         outgoing,
     })

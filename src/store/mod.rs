@@ -80,6 +80,16 @@ pub enum ReadSelector {
     All,
 }
 
+/// One climber's matchmaking rows, as [`Store::standing_of`] reads them.
+#[derive(Debug, Clone, Default)]
+pub struct StoredStanding {
+    pub ticket: Option<QueuedTicket>,
+    /// Their latest match, by creation time.
+    pub latest: Option<Match>,
+    /// Pending challenges they sent or received, oldest first.
+    pub challenges: Vec<Challenge>,
+}
+
 /// A user's unread count, head cursor and newest unread notifications, read together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnreadSnapshot {
@@ -172,6 +182,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Climbers waiting in the queues, longest waiting first (restored into the engine at start).
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>>;
+
+    /// Where one climber stands in the store: their queue ticket, their latest match (live or
+    /// ended) and the pending challenges they sent or received. Read by nodes that do not run
+    /// the matchmaker (cluster mode), which hold no engine of their own.
+    async fn standing_of(&self, user: &UserId) -> anyhow::Result<StoredStanding>;
 
     /// The matchmaker's fence row: where a new leader continues the command stream.
     async fn matchmaker_fence(&self) -> anyhow::Result<MatchmakerFence>;

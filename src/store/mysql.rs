@@ -690,7 +690,7 @@ impl Store for MySqlStore {
     }
 
     async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>> {
-        mysql_play::pending_challenges(&self.pool).await
+        mysql_play::pending_challenges(&self.pool, None).await
     }
 
     async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
@@ -698,7 +698,11 @@ impl Store for MySqlStore {
     }
 
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
-        mysql_play::queued_tickets(&self.pool).await
+        mysql_play::queued_tickets(&self.pool, None).await
+    }
+
+    async fn standing_of(&self, user: &UserId) -> anyhow::Result<super::StoredStanding> {
+        mysql_play::standing_of(&self.pool, user).await
     }
 
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {

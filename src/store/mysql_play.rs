@@ -376,6 +376,40 @@ pub(super) async fn get_match(pool: &MySqlPool, id: Uuid) -> anyhow::Result<Opti
     row.as_ref().map(match_from_row).transpose()
 }
 
+/// A climber's latest match, live or ended (each side of the match has its own index).
+pub(super) async fn latest_match_of(
+    pool: &MySqlPool,
+    user: &UserId,
+) -> anyhow::Result<Option<Match>> {
+    let row = sqlx::query(
+        "SELECT data FROM (\
+           SELECT data, created_at FROM (SELECT data, created_at FROM matches \
+             WHERE player_a = ? ORDER BY created_at DESC LIMIT 1) AS a \
+           UNION ALL \
+           SELECT data, created_at FROM (SELECT data, created_at FROM matches \
+             WHERE player_b = ? ORDER BY created_at DESC LIMIT 1) AS b) AS latest \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(user.as_str())
+    .bind(user.as_str())
+    .fetch_optional(pool)
+    .await
+    .context("reading a climber's latest match")?;
+    row.as_ref().map(match_from_row).transpose()
+}
+
+/// [`super::Store::standing_of`]: three indexed reads.
+pub(super) async fn standing_of(
+    pool: &MySqlPool,
+    user: &UserId,
+) -> anyhow::Result<super::StoredStanding> {
+    Ok(super::StoredStanding {
+        ticket: queued_tickets(pool, Some(user)).await?.pop(),
+        latest: latest_match_of(pool, user).await?,
+        challenges: pending_challenges(pool, Some(user)).await?,
+    })
+}
+
 pub(super) async fn live_matches(pool: &MySqlPool) -> anyhow::Result<Vec<Match>> {
     let rows = sqlx::query(
         "SELECT data FROM matches WHERE status IN ('ready_check', 'confirmed') ORDER BY created_at",
@@ -386,12 +420,24 @@ pub(super) async fn live_matches(pool: &MySqlPool) -> anyhow::Result<Vec<Match>>
     rows.iter().map(match_from_row).collect()
 }
 
-pub(super) async fn pending_challenges(pool: &MySqlPool) -> anyhow::Result<Vec<Challenge>> {
-    let rows =
-        sqlx::query("SELECT data FROM challenges WHERE status = 'pending' ORDER BY created_at")
-            .fetch_all(pool)
-            .await
-            .context("reading pending challenges")?;
+pub(super) async fn pending_challenges(
+    pool: &MySqlPool,
+    only: Option<&UserId>,
+) -> anyhow::Result<Vec<Challenge>> {
+    let rows = match only {
+        None => {
+            sqlx::query("SELECT data FROM challenges WHERE status = 'pending' ORDER BY created_at")
+        }
+        Some(user) => sqlx::query(
+            "SELECT data FROM challenges WHERE status = 'pending' \
+             AND (from_user = ? OR to_user = ?) ORDER BY created_at",
+        )
+        .bind(user.as_str())
+        .bind(user.as_str()),
+    }
+    .fetch_all(pool)
+    .await
+    .context("reading pending challenges")?;
     rows.iter()
         .map(|row| {
             serde_json::from_str(&text(row, "data")?).context("stored challenge is not valid")
@@ -399,11 +445,21 @@ pub(super) async fn pending_challenges(pool: &MySqlPool) -> anyhow::Result<Vec<C
         .collect()
 }
 
-pub(super) async fn queued_tickets(pool: &MySqlPool) -> anyhow::Result<Vec<QueuedTicket>> {
-    let rows = sqlx::query(
-        "SELECT user_id, discipline, scope, rating, queued_at FROM queue_tickets \
-         ORDER BY queued_at, user_id",
-    )
+pub(super) async fn queued_tickets(
+    pool: &MySqlPool,
+    only: Option<&UserId>,
+) -> anyhow::Result<Vec<QueuedTicket>> {
+    let rows = match only {
+        None => sqlx::query(
+            "SELECT user_id, discipline, scope, rating, queued_at FROM queue_tickets \
+             ORDER BY queued_at, user_id",
+        ),
+        Some(user) => sqlx::query(
+            "SELECT user_id, discipline, scope, rating, queued_at FROM queue_tickets \
+             WHERE user_id = ?",
+        )
+        .bind(user.as_str()),
+    }
     .fetch_all(pool)
     .await
     .context("reading queue tickets")?;

@@ -513,7 +513,7 @@ impl Store for PgStore {
     }
 
     async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>> {
-        postgres_play::pending_challenges(&self.pool).await
+        postgres_play::pending_challenges(&self.pool, None).await
     }
 
     async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
@@ -521,7 +521,11 @@ impl Store for PgStore {
     }
 
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
-        postgres_play::queued_tickets(&self.pool).await
+        postgres_play::queued_tickets(&self.pool, None).await
+    }
+
+    async fn standing_of(&self, user: &UserId) -> anyhow::Result<super::StoredStanding> {
+        postgres_play::standing_of(&self.pool, user).await
     }
 
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {

@@ -591,7 +591,7 @@ impl Store for SqliteStore {
     }
 
     async fn pending_challenges(&self) -> anyhow::Result<Vec<Challenge>> {
-        sqlite_play::pending_challenges(&self.reader).await
+        sqlite_play::pending_challenges(&self.reader, None).await
     }
 
     async fn matchmaker_fence(&self) -> anyhow::Result<super::MatchmakerFence> {
@@ -599,7 +599,11 @@ impl Store for SqliteStore {
     }
 
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>> {
-        sqlite_play::queued_tickets(&self.reader).await
+        sqlite_play::queued_tickets(&self.reader, None).await
+    }
+
+    async fn standing_of(&self, user: &UserId) -> anyhow::Result<super::StoredStanding> {
+        sqlite_play::standing_of(&self.reader, user).await
     }
 
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {
