@@ -27,6 +27,11 @@ pub struct MatchmakingArgs {
     /// Belay base URL; plain http on loopback only.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// More nodes of the same cluster, repeatable: client process *i* opens its streams and sends
+    /// its requests to node *i* mod the number of nodes (`--url` first), so climbers on
+    /// different nodes are paired with each other. Loopback only.
+    #[arg(long = "node")]
+    nodes: Vec<String>,
     /// Climbers, each with one stream; all join at once.
     #[arg(long, default_value_t = 2_000, value_parser = value_parser!(u32).range(2..=200_000))]
     climbers: u32,
@@ -136,7 +141,26 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         climb: Some(climb.clone()),
         resume: None,
     };
-    let specs = fleet::specs(&shared, args.climbers, args.per_worker)?;
+    let mut specs = fleet::specs(&shared, args.climbers, args.per_worker)?;
+    if !args.nodes.is_empty() {
+        let mut servers = vec![spec.clone()];
+        for url in &args.nodes {
+            let node = Target::loopback(url)?;
+            servers.push(
+                ServerSpec::resolve(
+                    ServerKind::Belay,
+                    &node,
+                    &api,
+                    args.api_key.as_deref(),
+                    "unused",
+                )
+                .await?,
+            );
+        }
+        for worker in &mut specs {
+            worker.server = servers[worker.index % servers.len()].clone();
+        }
+    }
     eprintln!(
         "run {run}: {} climbers over {} client processes, queue {}/{}",
         args.climbers,
