@@ -20,60 +20,21 @@ OUT=${OUT:-$ROOT/load-tests/results/cross-node-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-cross.XXXXXX)
 mkdir -p "$OUT"
 
-PIDS=()
-DB=""
-stop_nodes() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-    if [[ -n "$DB" ]]; then
-        psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-        DB=""
-    fi
-}
+# shellcheck source=load-tests/cluster-lib.sh
+. "$ROOT/load-tests/cluster-lib.sh"
 trap 'stop_nodes; rm -rf "$WORK"' EXIT
-
-if [[ -z "${BELAY_BIN:-}" || -z "${LOAD_BIN:-}" ]]; then
-    (cd "$ROOT" && cargo build --release -p belay -p belay-load --bins)
-    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-    mkdir -p "$WORK/bin"
-    cp "$TARGET/release/belay" "$TARGET/release/belay-load" "$WORK/bin/"
-    BELAY_BIN=${BELAY_BIN:-$WORK/bin/belay}
-    LOAD_BIN=${LOAD_BIN:-$WORK/bin/belay-load}
-fi
-
-start_node() {
-    local port=$1 url=$2 prefix=$3
-    BELAY__SERVER__PORT=$port \
-    BELAY__DATABASE__URL=$url \
-    BELAY__REDIS__URL=$REDIS \
-    BELAY__CLUSTER__KEY_PREFIX=$prefix \
-    BELAY__AUTH__API_KEY=cross-node-key \
-    BELAY__AUTH__JWT_SECRET=cross-node-secret-0123456789 \
-    BELAY__LIMITS__USER_REQUESTS_PER_SEC=0 \
-    BELAY__SSE__MAX_SESSIONS_PER_USER=64 \
-    RUST_LOG=warn "$BELAY_BIN" &
-    PIDS+=($!)
-    for _ in $(seq 200); do
-        if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
-            return
-        fi
-        sleep 0.1
-    done
-    echo "belay did not become ready on port $port" >&2
-    exit 1
-}
+binaries
 
 for run in $(seq "$RUNS"); do
     for rate in $RATES; do
         for mode in same cross; do
-            DB="belay_cross_$$_$RANDOM"
-            psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
-            url="${PG_ADMIN%/*}/$DB"
-            start_node "$PORT_A" "$url" "$DB"
-            start_node "$PORT_B" "$url" "$DB"
+            fresh_database
+            for port in "$PORT_A" "$PORT_B"; do
+                start_node "$port" BELAY__DATABASE__URL="$URL" BELAY__REDIS__URL="$REDIS" \
+                    BELAY__CLUSTER__KEY_PREFIX="$DB" BELAY__AUTH__API_KEY=cross-node-key \
+                    BELAY__AUTH__JWT_SECRET=cross-node-secret-0123456789 \
+                    BELAY__SSE__MAX_SESSIONS_PER_USER=64
+            done
             publish=$PORT_B
             [[ $mode == cross ]] && publish=$PORT_A
             echo "== $mode node, $rate req/s (run $run)"
