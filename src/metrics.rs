@@ -87,14 +87,16 @@ impl ClusterMetrics {
                 &self.sessions_refused_cluster,
             ),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-        }
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-        }
+        write_series(
+            out,
+            "gauge",
+            gauges.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
+        );
+        write_series(
+            out,
+            "counter",
+            counters.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
+        );
     }
 }
 
@@ -209,15 +211,29 @@ impl Metrics {
                 &self.command_stream_lag_ms,
             ),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-        }
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-        }
+        write_series(
+            &mut out,
+            "gauge",
+            gauges.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
+        );
+        write_series(
+            &mut out,
+            "counter",
+            counters.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
+        );
         self.cluster.render(&mut out);
         out
+    }
+}
+
+/// Writes each series in the Prometheus text format, with its help and type lines.
+fn write_series<'a, V: std::fmt::Display>(
+    out: &mut String,
+    kind: &str,
+    series: impl IntoIterator<Item = (&'a str, &'a str, V)>,
+) {
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
     }
 }
