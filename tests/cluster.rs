@@ -283,13 +283,20 @@ async fn a_crashed_nodes_presence_expires() {
     signal(&b._process.0, "KILL");
     let _ = b._process.0.wait();
     let killed = Instant::now();
+    // Expiry is due within the TTL (2 s here); the bound allows three times that, so a loaded
+    // machine does not fail it, while entries that never expire (or only at the default 30 s)
+    // still would.
     while a.online("dan").await {
         assert!(
-            killed.elapsed() < Duration::from_secs(4),
+            killed.elapsed() < Duration::from_secs(6),
             "expired within the TTL"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "a crashed node's presence expired after {:?}",
+        killed.elapsed()
+    );
 }
 
 /// Cursors `1..=n` of one user's stream, each once and in order, within `wait`.

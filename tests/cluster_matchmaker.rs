@@ -303,8 +303,11 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
     let takeover = killed_at.elapsed();
     let renewal = Duration::from_millis(LEASE_TTL_MS / 3);
     eprintln!("takeover after SIGKILL: {takeover:?} (lease {LEASE_TTL_MS} ms)");
+    // The promise is the lease plus one renewal (measured here: under 2 s of a 2.67 s bound);
+    // the assertion allows twice that, so a loaded machine does not fail it, while a takeover
+    // that waited for anything else than the lease's expiry still would.
     assert!(
-        takeover <= Duration::from_millis(LEASE_TTL_MS) + renewal + Duration::from_millis(500),
+        takeover <= 2 * (Duration::from_millis(LEASE_TTL_MS) + renewal),
         "took {takeover:?}"
     );
 
