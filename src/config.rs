@@ -25,6 +25,80 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub redis: RedisSettings,
     pub cluster: ClusterSettings,
+    pub push: PushSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushSettings {
+    /// Kinds pushed to climbers with no live session (each climber can turn any off). Empty:
+    /// the matchmaking kinds, likes, achievements and rank changes.
+    pub kinds: Vec<String>,
+    /// A climber who comes online within this long after an event is not pushed for it.
+    pub grace_ms: u64,
+    /// Pushes in flight at once from this node.
+    pub concurrency: usize,
+    /// Devices per climber; registering one more forgets the least recently seen.
+    pub max_devices_per_user: u32,
+    /// Devices not registered again for this long are forgotten.
+    pub device_max_idle_days: u32,
+    /// How often the node looks for due pushes when no event of its own woke it.
+    pub poll_ms: u64,
+    pub fcm: FcmSettings,
+    pub webpush: WebPushSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FcmSettings {
+    /// The Firebase service-account JSON (its `project_id` and `token_uri` are used). Empty:
+    /// no FCM.
+    pub credentials_file: String,
+    /// Where sends go.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebPushSettings {
+    /// The VAPID private key, base64url (`belay vapid-keys` prints a new pair). Empty: no Web
+    /// Push.
+    pub vapid_private_key: SecretString,
+    /// Who push services can reach about this sender: `mailto:` or an `https://` URL.
+    pub subject: String,
+    /// Accept `http://` endpoints on loopback addresses: for a local fake push service only.
+    pub allow_loopback_http: bool,
+}
+
+impl PushSettings {
+    /// The kinds pushed by default, checked.
+    pub fn push_kinds(&self) -> anyhow::Result<Vec<crate::domain::EventKind>> {
+        use crate::domain::EventKind;
+        if self.kinds.is_empty() {
+            return Ok(EventKind::ALL
+                .into_iter()
+                .filter(|k| crate::push::push_worthy_by_default(*k))
+                .collect());
+        }
+        self.kinds
+            .iter()
+            .map(|name| {
+                EventKind::parse(name)
+                    .filter(|k| *k != EventKind::Unread)
+                    .with_context(|| format!("push.kinds: unknown kind {name:?}"))
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.push_kinds()?;
+        anyhow::ensure!(
+            self.concurrency >= 1 && self.max_devices_per_user >= 1,
+            "push.concurrency and push.max_devices_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.device_max_idle_days >= 1 && self.poll_ms >= 10,
+            "push.device_max_idle_days must be at least 1 and push.poll_ms at least 10"
+        );
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +379,7 @@ impl Settings {
             "retention.every_secs and retention.batch must be at least 1"
         );
         self.cluster.validate()?;
+        self.push.validate()?;
         if self.redis.enabled() {
             let url = self.redis.url.expose_secret();
             anyhow::ensure!(

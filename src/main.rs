@@ -1,4 +1,5 @@
 //! `belay [--config FILE]`: serves the API, the SSE streams and the demo page.
+//! `belay vapid-keys`: prints a new VAPID key pair for Web Push.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,7 @@ use anyhow::Context;
 use belay::config::Settings;
 use belay::startup::Application;
 
-const USAGE: &str = "usage: belay [--config FILE]\n\
+const USAGE: &str = "usage: belay [--config FILE] | belay vapid-keys\n\
     Settings: config/default.toml (built in), then FILE (or $BELAY_CONFIG), then BELAY__SECTION__KEY variables.";
 
 fn config_file() -> anyhow::Result<Option<PathBuf>> {
@@ -14,12 +15,33 @@ fn config_file() -> anyhow::Result<Option<PathBuf>> {
     match (args.next().as_deref(), args.next()) {
         (None, _) => Ok(std::env::var_os("BELAY_CONFIG").map(PathBuf::from)),
         (Some("--config"), Some(path)) if args.next().is_none() => Ok(Some(PathBuf::from(path))),
+        (Some("vapid-keys"), None) => {
+            print_vapid_keys()?;
+            std::process::exit(0);
+        }
         (Some("-h" | "--help"), _) => {
             println!("{USAGE}");
             std::process::exit(0);
         }
         _ => anyhow::bail!("{USAGE}"),
     }
+}
+
+/// Prints a new VAPID pair as configuration lines: the private key is a secret for
+/// `BELAY__PUSH__WEBPUSH__VAPID_PRIVATE_KEY`; the public key is what browsers subscribe with.
+fn print_vapid_keys() -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let keys = belay::push::webpush::generate_vapid_keys()
+        .map_err(|e| anyhow::anyhow!("reading the system's random source: {e}"))?;
+    println!(
+        "BELAY__PUSH__WEBPUSH__VAPID_PRIVATE_KEY={}",
+        keys.private_key.expose_secret()
+    );
+    println!(
+        "# public key (GET /v1/push/vapid-key serves it): {}",
+        keys.public_key
+    );
+    Ok(())
 }
 
 #[actix_web::main]

@@ -29,6 +29,110 @@ pub struct Metrics {
     /// Age of the last stream command when the leader took it, in milliseconds.
     pub command_stream_lag_ms: AtomicI64,
     pub cluster: ClusterMetrics,
+    pub push: PushMetrics,
+}
+
+/// Push providers, as metric labels.
+pub const PUSH_PROVIDERS: [&str; 2] = ["fcm", "webpush"];
+/// What a send came to, as metric labels (`push::Outcome::label`).
+pub const PUSH_OUTCOMES: [&str; 6] = [
+    "sent",
+    "retried",
+    "device_removed",
+    "failed",
+    "config_fault",
+    "expired",
+];
+/// Why a push job was dropped without a send, as metric labels.
+pub const PUSH_SKIPS: [&str; 6] = [
+    "online",
+    "muted",
+    "quiet_hours",
+    "read",
+    "gone",
+    "no_provider",
+];
+
+/// The push path: sends by provider and outcome, jobs dropped without a send, devices.
+#[derive(Debug, Default)]
+pub struct PushMetrics {
+    sends: [[AtomicU64; PUSH_OUTCOMES.len()]; PUSH_PROVIDERS.len()],
+    skips: [AtomicU64; PUSH_SKIPS.len()],
+    pub devices_pruned: AtomicU64,
+    /// Push jobs waiting in the store, due or not (sampled).
+    pub jobs_waiting: AtomicI64,
+}
+
+impl PushMetrics {
+    /// Counts one send; labels outside the lists are ignored.
+    pub fn sent(&self, provider: &str, outcome: &str) {
+        let p = PUSH_PROVIDERS.iter().position(|x| *x == provider);
+        let o = PUSH_OUTCOMES.iter().position(|x| *x == outcome);
+        if let (Some(p), Some(o)) = (p, o) {
+            self.sends[p][o].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one job dropped without a send.
+    pub fn skipped(&self, reason: &str) {
+        if let Some(i) = PUSH_SKIPS.iter().position(|x| *x == reason) {
+            self.skips[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count of `provider` and `outcome` (for tests and the load tool).
+    pub fn sends_of(&self, provider: &str, outcome: &str) -> u64 {
+        let p = PUSH_PROVIDERS.iter().position(|x| *x == provider);
+        let o = PUSH_OUTCOMES.iter().position(|x| *x == outcome);
+        match (p, o) {
+            (Some(p), Some(o)) => self.sends[p][o].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "belay_push_sends_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Push sends by provider and outcome\n# TYPE {name} counter"
+        );
+        for (p, provider) in PUSH_PROVIDERS.iter().enumerate() {
+            for (o, outcome) in PUSH_OUTCOMES.iter().enumerate() {
+                let value = self.sends[p][o].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}{{provider=\"{provider}\",outcome=\"{outcome}\"}} {value}"
+                );
+            }
+        }
+        let name = "belay_push_skipped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Push jobs dropped without a send, by reason\n# TYPE {name} counter"
+        );
+        for (i, reason) in PUSH_SKIPS.iter().enumerate() {
+            let value = self.skips[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
+        }
+        write_series(
+            out,
+            "counter",
+            [(
+                "belay_push_devices_pruned_total",
+                "Devices forgotten after push.device_max_idle_days without a registration",
+                self.devices_pruned.load(Ordering::Relaxed),
+            )],
+        );
+        write_series(
+            out,
+            "gauge",
+            [(
+                "belay_push_jobs_waiting",
+                "Push jobs waiting in the store, due or not",
+                self.jobs_waiting.load(Ordering::Relaxed),
+            )],
+        );
+    }
 }
 
 /// The Redis bridge and presence (cluster mode); zero on a single node.
@@ -222,6 +326,7 @@ impl Metrics {
             counters.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
         );
         self.cluster.render(&mut out);
+        self.push.render(&mut out);
         out
     }
 }

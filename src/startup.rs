@@ -41,6 +41,7 @@ pub struct ShutdownHandle {
     hubs: Arc<HubSet>,
     /// Cluster mode: left first, so another node takes the matchmaker over at once.
     membership: Arc<std::sync::Mutex<Option<crate::cluster::Membership>>>,
+    push: Option<crate::push::actor::PushHandle>,
 }
 
 impl ShutdownHandle {
@@ -48,6 +49,9 @@ impl ShutdownHandle {
         let membership = self.membership.lock().ok().and_then(|mut m| m.take());
         if let Some(membership) = membership {
             membership.leave().await;
+        }
+        if let Some(push) = &self.push {
+            push.stop();
         }
         self.hubs.drain_all();
         self.server.stop(true).await;
@@ -95,6 +99,22 @@ impl Application {
             Some(c) => c.presence.clone(),
             None => Arc::new(crate::cluster::LocalPresence::new(limiter.open_sessions())),
         };
+        let (push, push_handle) = match crate::push::actor::Providers::from_settings(&settings.push)
+            .context("configuring push")?
+        {
+            Some(providers) => {
+                let (providers, handle) = crate::push::actor::PushActor::start(
+                    &settings.push,
+                    providers,
+                    store.clone(),
+                    presence.clone(),
+                    limiter.open_sessions(),
+                    metrics.clone(),
+                )?;
+                (Some(providers), Some(handle))
+            }
+            None => (None, None),
+        };
         let (matchmaker, membership) = match settings.redis.url() {
             Some(url) => {
                 let (matchmaker, membership) = crate::cluster::join(
@@ -130,6 +150,7 @@ impl Application {
             limiter,
             presence,
             cluster,
+            push,
             rate_limiter: RateLimiter::new(
                 settings.limits.user_requests_per_sec,
                 settings.limits.user_request_burst,
@@ -184,6 +205,7 @@ impl Application {
             server: server.handle(),
             hubs,
             membership: Arc::new(std::sync::Mutex::new(membership)),
+            push: push_handle,
         };
         Ok(Application {
             port,

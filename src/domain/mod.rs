@@ -5,6 +5,7 @@ pub mod event;
 pub mod grade;
 pub mod ids;
 pub mod play;
+pub mod preferences;
 
 pub use change::{Change, ChangeOutcome, NewEvent, Settlement};
 pub use event::{Broadcast, Discipline, Event, EventKind, Notification, PostLiked, UnreadSummary};

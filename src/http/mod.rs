@@ -4,6 +4,7 @@
 pub mod ascents;
 pub mod auth;
 pub mod dev;
+pub mod devices;
 pub mod events;
 pub mod health;
 pub mod host;
@@ -11,6 +12,7 @@ pub mod limits;
 pub mod matchmaking;
 pub mod notifications;
 pub mod openapi;
+pub mod preferences;
 pub mod presence;
 
 use std::cell::RefCell;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub presence: Arc<dyn crate::cluster::Presence>,
     /// Cluster mode (`redis.url` set).
     pub cluster: Option<crate::cluster::Cluster>,
+    /// The push providers, when push is on.
+    pub push: Option<Arc<crate::push::actor::Providers>>,
 }
 
 /// One per worker thread: the registry its sessions join (served by that worker's `Hub`).
@@ -130,7 +134,24 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
             "/leaderboard",
             web::get().to(matchmaking::leaderboard),
         ))
-        .service(resource("/ascents", web::post().to(ascents::log_ascent)));
+        .service(resource("/ascents", web::post().to(ascents::log_ascent)))
+        .service(
+            web::resource("/devices")
+                .route(web::post().to(devices::register))
+                .route(web::get().to(devices::list))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(resource("/devices/{id}", web::delete().to(devices::remove)))
+        .service(resource(
+            "/push/vapid-key",
+            web::get().to(devices::vapid_key),
+        ))
+        .service(
+            web::resource("/preferences")
+                .route(web::get().to(preferences::get))
+                .route(web::put().to(preferences::put))
+                .default_service(web::to(method_not_allowed)),
+        );
     if dev_tokens {
         v1 = v1
             .service(resource("/dev/token", web::post().to(dev::token)))

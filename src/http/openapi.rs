@@ -7,7 +7,10 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{ascents, auth, dev, events, health, host, matchmaking, notifications, presence};
+use super::{
+    ascents, auth, dev, devices, events, health, host, matchmaking, notifications, preferences,
+    presence,
+};
 use crate::domain::{Broadcast, Notification, UnreadSummary};
 use crate::error::ErrorBody;
 
@@ -39,6 +42,12 @@ use crate::error::ErrorBody;
         matchmaking::report_result,
         matchmaking::leaderboard,
         ascents::log_ascent,
+        devices::register,
+        devices::list,
+        devices::remove,
+        devices::vapid_key,
+        preferences::get,
+        preferences::put,
         dev::token,
         dev::config,
         health::healthz,

@@ -1,5 +1,6 @@
-//! Loopback HTTP servers for the provider tests: each records every request it receives and
-//! answers through a closure the test writes (a fixed script, or a check of the request).
+//! Loopback HTTP servers standing in for the push providers, for the tests and the load tool:
+//! each records every request it receives and answers through a closure the caller writes (a
+//! fixed script, or a check of the request). Not part of serving.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long the fake takes to answer (a provider's latency).
+    pub delay: std::time::Duration,
 }
 
 impl Reply {
@@ -83,11 +86,18 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: body.into(),
+            delay: std::time::Duration::ZERO,
         }
     }
 
     pub fn json(status: u16, body: serde_json::Value) -> Reply {
         Reply::new(status, body.to_string()).with_header("content-type", "application/json")
+    }
+
+    /// The same answer, given after `delay`.
+    pub fn after(mut self, delay: std::time::Duration) -> Reply {
+        self.delay = delay;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -180,6 +190,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     let (log, respond) = state.get_ref();
     let reply = respond(&recorded);
     log.lock().unwrap_or_else(|p| p.into_inner()).push(recorded);
+    if !reply.delay.is_zero() {
+        actix_web::rt::time::sleep(reply.delay).await;
+    }
     let mut response =
         HttpResponse::build(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::IM_A_TEAPOT));
     for (name, value) in &reply.headers {

@@ -7,12 +7,14 @@
 //! per-device state. Both talk HTTPS through reqwest on rustls with the ring provider: no OpenSSL
 //! and no aws-lc anywhere in the build.
 
+pub mod actor;
 pub mod fcm;
 pub mod message;
 pub mod webpush;
 
-#[cfg(test)]
-mod fake;
+// Loopback fakes of the providers: for the tests and the load tool, never for serving.
+#[doc(hidden)]
+pub mod fake;
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;

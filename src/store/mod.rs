@@ -3,12 +3,16 @@
 
 mod mysql;
 mod mysql_play;
+mod mysql_push;
 mod postgres;
 mod postgres_play;
+mod postgres_push;
+pub mod push;
 pub mod retention;
 mod rules;
 mod sqlite;
 mod sqlite_play;
+mod sqlite_push;
 mod writer;
 
 use std::sync::Arc;
@@ -133,7 +137,11 @@ pub struct Applied {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: push::PushStore + Send + Sync + 'static {
+    /// Events that `filter` wants pushed get push jobs in their own transaction from now on
+    /// (see [`push`]).
+    fn enable_push(&self, filter: Arc<dyn push::PushFilter>);
+
     /// Writes a batch in one transaction: all of it or none. Cursors are assigned per user in
     /// commit order, gapless. `on_commit` runs once the batch is committed, before this returns;
     /// calls for different batches run in commit order where the backend can keep it (one

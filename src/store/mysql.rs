@@ -73,7 +73,7 @@ pub struct MySqlStore {
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
-    pool: MySqlPool,
+    pub(super) pool: MySqlPool,
 }
 
 /// Pool settings shared by readers and the writer. Connections are not pinged before use:
@@ -224,9 +224,9 @@ fn push_pairs<'a>(qb: &mut QueryBuilder<'a, MySql>, pairs: &[(&'a str, &'a str)]
     qb.push(")");
 }
 
-const COLUMNS: &str = "id, `cursor`, kind, data, created_at, updated_at, read_at";
+pub(super) const COLUMNS: &str = "id, `cursor`, kind, data, created_at, updated_at, read_at";
 
-fn notification_from_row(row: &MySqlRow) -> anyhow::Result<Notification> {
+pub(super) fn notification_from_row(row: &MySqlRow) -> anyhow::Result<Notification> {
     let id = text(row, "id")?;
     let kind = text(row, "kind")?;
     let data = text(row, "data")?;
@@ -576,6 +576,9 @@ async fn write_appends(
             .await
             .context("recording idempotency keys")?;
     }
+    if !planned.push_jobs.is_empty() {
+        super::mysql_push::write_jobs(tx, &planned.push_jobs, now).await?;
+    }
     Ok(())
 }
 
@@ -673,6 +676,10 @@ impl MySqlStore {
 
 #[async_trait]
 impl Store for MySqlStore {
+    fn enable_push(&self, filter: Arc<dyn super::push::PushFilter>) {
+        self.writes.enable_push(filter);
+    }
+
     async fn apply_many(
         &self,
         works: Vec<(Vec<Change>, Vec<NewEvent>)>,

@@ -50,7 +50,7 @@ pub struct PgStore {
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -122,9 +122,9 @@ pub(super) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
+pub(super) const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
 
-fn notification_from_row(row: &PgRow) -> anyhow::Result<Notification> {
+pub(super) fn notification_from_row(row: &PgRow) -> anyhow::Result<Notification> {
     let id: &str = row.try_get("id")?;
     let kind: &str = row.try_get("kind")?;
     let data: &str = row.try_get("data")?;
@@ -307,7 +307,15 @@ const WRITE_GROUP: &str = "WITH \
         ON CONFLICT (user_id) DO UPDATE SET discipline = EXCLUDED.discipline, \
         scope = EXCLUDED.scope, rating = EXCLUDED.rating, queued_at = EXCLUDED.queued_at), \
     dropped_tickets AS ( \
-        DELETE FROM queue_tickets WHERE user_id = ANY($39::text[])) \
+        DELETE FROM queue_tickets WHERE user_id = ANY($39::text[])), \
+    push_jobs AS ( \
+        INSERT INTO push_jobs \
+        (device_id, user_id, notification_id, due_at, attempts, created_at) \
+        SELECT d.id, d.user_id, v.n, v.due, 0, $1 \
+        FROM unnest($40::text[], $41::text[], $42::int8[]) AS v(u, n, due) \
+        JOIN push_devices d ON d.user_id = v.u \
+        ON CONFLICT (device_id, notification_id) DO UPDATE SET \
+        due_at = EXCLUDED.due_at, attempts = 0) \
     SELECT 1";
 
 #[async_trait]
@@ -435,6 +443,10 @@ impl GroupTx for PgTx {
             .bind(col(tickets, |t| t.rating))
             .bind(col(tickets, |t| to_ms(t.queued_at)))
             .bind(&folded.dropped_tickets)
+            // Push jobs: one per device of each user, as the devices are now.
+            .bind(col(&writes.push_jobs, |j| j.user.as_str()))
+            .bind(col(&writes.push_jobs, |j| j.notification.to_string()))
+            .bind(col(&writes.push_jobs, |j| j.due_at))
             .execute(&mut *self.tx)
             .await
             .context("writing the group")?;
@@ -496,6 +508,10 @@ async fn mark_read_once(
 
 #[async_trait]
 impl Store for PgStore {
+    fn enable_push(&self, filter: Arc<dyn super::push::PushFilter>) {
+        self.writes.enable_push(filter);
+    }
+
     async fn apply_many(
         &self,
         works: Vec<(Vec<Change>, Vec<NewEvent>)>,

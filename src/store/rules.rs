@@ -80,6 +80,8 @@ pub(crate) struct AppendWrites {
     pub heads: Vec<HeadMove>,
     /// `(user, key, notification id)`.
     pub keys: Vec<(String, String, Uuid)>,
+    /// Push jobs of the new events, one per device of their user.
+    pub push_jobs: Vec<super::push::JobRow>,
 }
 
 /// The `(user, idempotency key)` pairs of a group, to look up.

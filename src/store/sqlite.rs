@@ -50,8 +50,8 @@ pub struct SqliteStore {
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(super) writer: SqlitePool,
+    pub(super) reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -358,15 +358,15 @@ async fn checkpoint_loop(pool: SqlitePool, store: WriterAlive) {
     pool.close().await;
 }
 
-fn to_ms(t: DateTime<Utc>) -> i64 {
+pub(super) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(super) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
+pub(super) fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
     let id: String = row.try_get("id")?;
     let kind: String = row.try_get("kind")?;
     let data: &str = row.try_get("data")?;
@@ -382,7 +382,7 @@ fn notification_from_row(row: &SqliteRow) -> anyhow::Result<Notification> {
     })
 }
 
-const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
+pub(super) const COLUMNS: &str = "id, cursor, kind, data, created_at, updated_at, read_at";
 
 /// Runs `SELECT ... WHERE (a, b) IN (VALUES ...)` in chunks; `prefix` ends with `IN (VALUES `.
 /// Unread notifications that collapse, by (user, collapse key). The `IS NOT NULL` term lets
@@ -569,11 +569,35 @@ fn write_appends<'a>(writes: &mut Statements<'a>, planned: &'a AppendWrites, now
                 " ON CONFLICT (user_id, key) DO UPDATE SET \
                  notification_id = excluded.notification_id, created_at = excluded.created_at",
             );
+    } // One statement per job: its user's devices at this moment. A collapsed notification that
+    // still waits for its push is due again from now (`WHERE true` keeps `ON` unambiguous).
+    for job in &planned.push_jobs {
+        writes
+            .start(
+                "INSERT INTO push_jobs \
+                 (device_id, user_id, notification_id, due_at, attempts, created_at) \
+                 SELECT id, user_id, ",
+            )
+            .push_bind(job.notification.to_string())
+            .push(", ")
+            .push_bind(job.due_at)
+            .push(", 0, ")
+            .push_bind(to_ms(now))
+            .push(" FROM push_devices WHERE user_id = ")
+            .push_bind(job.user.as_str())
+            .push(
+                " ON CONFLICT (device_id, notification_id) DO UPDATE SET \
+                 due_at = excluded.due_at, attempts = 0",
+            );
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn enable_push(&self, filter: Arc<dyn super::push::PushFilter>) {
+        self.writes.enable_push(filter);
+    }
+
     async fn apply_many(
         &self,
         works: Vec<(Vec<Change>, Vec<NewEvent>)>,

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::push::{FilterSlot, PushFilter};
 use super::rules::{self, AppendWrites, Folded, FoldedRows, Found, PlayTx, Stored};
 use super::{Applied, OnCommit};
 use crate::domain::{Change, ChangeOutcome, NewEvent};
@@ -95,7 +96,11 @@ pub(crate) fn now_ms() -> DateTime<Utc> {
 
 /// Commits a group of works in one transaction: each work's changes in order, then every event
 /// (each work's batch followed by what its changes produced).
-async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
+async fn write_group(
+    backend: &dyn Backend,
+    works: &[Work<'_>],
+    push: Option<&Arc<dyn PushFilter>>,
+) -> anyhow::Result<(Vec<Applied>, Option<i64>)> {
     let mut tx = match backend.begin().await {
         // A pooled connection the server has dropped (it restarted, or cut idle connections):
         // nothing was sent in this transaction yet, so opening it again on another is safe. A
@@ -159,7 +164,7 @@ async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resul
         .zip(&produced)
         .flat_map(|(work, caused)| work.batch.iter().chain(caused.iter()))
         .collect();
-    let (appended, writes) = if items.is_empty() {
+    let (appended, mut writes) = if items.is_empty() {
         (Vec::new(), AppendWrites::default())
     } else {
         let heads = tx.lock_heads(&rules::users_of(&items)).await?;
@@ -183,9 +188,12 @@ async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resul
         }
         rules::plan_appends(&items, Found { heads, keys, rows }, now)?
     };
+    // Push jobs commit with their events: a crash after the commit still sends them.
+    writes.push_jobs = super::push::jobs_for(push, &appended, now);
+    let earliest_due = writes.push_jobs.iter().map(|job| job.due_at).min();
     tx.finish(folded.take(), writes, now).await?;
     let mut appended = appended.into_iter();
-    Ok(outcomes
+    let applied = outcomes
         .into_iter()
         .zip(&produced)
         .zip(works)
@@ -196,19 +204,26 @@ async fn write_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resul
                 .take(work.batch.len() + caused.len())
                 .collect(),
         })
-        .collect())
+        .collect();
+    Ok((applied, earliest_due))
 }
 
 /// [`write_group`], run again from the start while it loses deadlocks (two nodes writing for
 /// the same users): a conflict is the store's to settle, never a client's.
-async fn commit_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Result<Vec<Applied>> {
+async fn commit_group(
+    backend: &dyn Backend,
+    works: &[Work<'_>],
+    push: &FilterSlot,
+) -> anyhow::Result<Vec<Applied>> {
+    let filter = push.get();
     let mut wait = RETRY_BACKOFF;
     let mut attempt = 1;
     loop {
         // A database that stops answering fails the group instead of holding every writer.
-        let attempt_result = tokio::time::timeout(GROUP_TIMEOUT, write_group(backend, works))
-            .await
-            .unwrap_or_else(|_| Err(super::Unavailable(GROUP_TIMEOUT).into()));
+        let attempt_result =
+            tokio::time::timeout(GROUP_TIMEOUT, write_group(backend, works, filter))
+                .await
+                .unwrap_or_else(|_| Err(super::Unavailable(GROUP_TIMEOUT).into()));
         match attempt_result {
             Err(error) if attempt < MAX_ATTEMPTS && backend.retryable(&error) => {
                 tracing::debug!(attempt, error = %error, "write group conflicted; running it again");
@@ -216,7 +231,13 @@ async fn commit_group(backend: &dyn Backend, works: &[Work<'_>]) -> anyhow::Resu
                 wait = wait.saturating_mul(2);
                 attempt += 1;
             }
-            result => return result,
+            Ok((applied, earliest_due)) => {
+                if let (Some(filter), Some(due)) = (filter, earliest_due) {
+                    filter.committed(DateTime::from_timestamp_millis(due).unwrap_or_default());
+                }
+                return Ok(applied);
+            }
+            Err(error) => return Err(error),
         }
     }
 }
@@ -274,14 +295,22 @@ impl WriteJob {
 /// The handle of a store's writer task.
 pub(crate) struct Writer {
     jobs: mpsc::Sender<WriteJob>,
+    push: FilterSlot,
 }
 
 impl Writer {
     /// Starts the writer task of `backend`; it ends when the last handle is dropped.
     pub(crate) fn spawn(backend: Arc<dyn Backend>) -> Writer {
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(backend, queue));
-        Writer { jobs }
+        let push = FilterSlot::default();
+        tokio::spawn(write_loop(backend, queue, push.clone()));
+        Writer { jobs, push }
+    }
+
+    /// From now on, events the filter wants pushed get push jobs in their transaction. Set
+    /// once; later calls change nothing.
+    pub(crate) fn enable_push(&self, filter: Arc<dyn PushFilter>) {
+        let _ = self.push.set(filter);
     }
 
     /// A handle that does not keep the writer alive: background tasks stop with the store.
@@ -331,7 +360,11 @@ impl WriterAlive {
 /// Group commit: takes every job waiting (up to [`MAX_GROUP_EVENTS`] events) into one
 /// transaction, so a burst of concurrent requests costs one commit and a few statements. If a
 /// group fails, each of its jobs is retried alone, so one bad request cannot fail others.
-async fn write_loop(backend: Arc<dyn Backend>, mut jobs: mpsc::Receiver<WriteJob>) {
+async fn write_loop(
+    backend: Arc<dyn Backend>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    push: FilterSlot,
+) {
     while let Some(first) = jobs.recv().await {
         let mut events = first.size();
         let mut group = vec![first];
@@ -345,7 +378,7 @@ async fn write_loop(backend: Arc<dyn Backend>, mut jobs: mpsc::Receiver<WriteJob
             }
         }
         let parts: Vec<Work<'_>> = group.iter().flat_map(WriteJob::parts).collect();
-        match commit_group(backend.as_ref(), &parts).await {
+        match commit_group(backend.as_ref(), &parts, &push).await {
             Ok(results) => {
                 // In group order, which is cursor order: live frames leave in commit order.
                 let mut results = results.into_iter();
@@ -362,7 +395,7 @@ async fn write_loop(backend: Arc<dyn Backend>, mut jobs: mpsc::Receiver<WriteJob
             Err(_) => {
                 for job in group {
                     let parts: Vec<Work<'_>> = job.parts().collect();
-                    let result = commit_group(backend.as_ref(), &parts).await;
+                    let result = commit_group(backend.as_ref(), &parts, &push).await;
                     job.finish(result);
                 }
             }

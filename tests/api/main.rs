@@ -9,5 +9,6 @@ mod host;
 mod matchmaking;
 mod notifications;
 mod openapi;
+mod push;
 #[path = "../support/mod.rs"]
 mod support;
