@@ -384,3 +384,184 @@ async fn the_same_retried_notify_on_two_nodes_at_once_is_stored_once() {
         );
     }
 }
+
+/// Pushes everything at once: the store-level half of push, without the actor.
+struct PushAll;
+
+impl belay::store::push::PushFilter for PushAll {
+    fn due(
+        &self,
+        _user: &belay::domain::UserId,
+        _kind: belay::domain::EventKind,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<chrono::DateTime<Utc>> {
+        Some(now)
+    }
+}
+
+fn like(to: &str, post: &str, by: &str) -> NewEvent {
+    NewEvent {
+        user: user(to),
+        event: Event::PostLiked(PostLiked::new(PostId::parse(post).unwrap(), user(by))),
+        idempotency_key: None,
+    }
+}
+
+#[tokio::test]
+async fn push_jobs_commit_with_their_events_and_two_nodes_never_take_the_same_one() {
+    use belay::store::push::{NewDevice, Platform};
+    const CLIMBERS: usize = 30;
+    const LIKES: usize = 10;
+    for (name, backend) in backends().await {
+        let a = backend.store.clone();
+        let b = backend.another_node().await;
+        a.enable_push(Arc::new(PushAll));
+        b.enable_push(Arc::new(PushAll));
+        let now = Utc::now();
+        // Two devices each for all but the last climber, who has none.
+        for c in 0..CLIMBERS - 1 {
+            for d in 0..2 {
+                let device = NewDevice {
+                    platform: Platform::Fcm,
+                    token: format!("token-{c}-{d}"),
+                    p256dh: None,
+                    auth: None,
+                };
+                a.register_device(&user(&format!("c{c}")), &device, 10, now)
+                    .await
+                    .unwrap();
+            }
+        }
+        // Each node writes half of the likes, each of its own post (nothing collapses).
+        let writes = (0..CLIMBERS * LIKES).map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let event = like(&format!("c{}", i % CLIMBERS), &format!("p{i}"), "fan");
+            async move { store.append(vec![event]).await.unwrap() }
+        });
+        futures_util::future::join_all(writes).await;
+        let expected = (CLIMBERS - 1) * LIKES * 2;
+        assert_eq!(
+            a.push_jobs_waiting().await.unwrap(),
+            expected as u64,
+            "{name}: one job per device and event, none for a climber without devices"
+        );
+
+        // Both nodes take at once, in small batches, until nothing is left.
+        let take = |store: Arc<dyn Store>| async move {
+            let mut taken = Vec::new();
+            loop {
+                let now = Utc::now();
+                let jobs = store
+                    .take_push_jobs(now, now + chrono::Duration::seconds(60), 7)
+                    .await
+                    .unwrap();
+                if jobs.is_empty() {
+                    return taken;
+                }
+                for job in jobs {
+                    let n = job
+                        .notification
+                        .as_ref()
+                        .expect("the notification is there");
+                    assert_eq!(n.event.kind().as_str(), "post_liked");
+                    assert_eq!(job.device.user, n_user(&job));
+                    taken.push(job.id);
+                }
+            }
+        };
+        let (from_a, from_b) = tokio::join!(take(a.clone()), take(b.clone()));
+        let mut all: Vec<i64> = from_a.iter().chain(&from_b).copied().collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count, "{name}: a job was taken twice");
+        assert_eq!(count, expected, "{name}: every job was taken once");
+        assert!(
+            !from_a.is_empty() && !from_b.is_empty(),
+            "{name}: both nodes took jobs ({} and {})",
+            from_a.len(),
+            from_b.len()
+        );
+        // Taken jobs are leased: nothing is due again until the lease passes.
+        let now = Utc::now();
+        let again = a
+            .take_push_jobs(now, now + chrono::Duration::seconds(60), 100)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{name}: a leased job was taken again");
+        let later = now + chrono::Duration::seconds(61);
+        let expired = b
+            .take_push_jobs(later, later + chrono::Duration::seconds(60), 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            expired.len(),
+            expected,
+            "{name}: a lease that passed frees its jobs"
+        );
+        for job in &expired {
+            a.finish_push_job(job.id).await.unwrap();
+        }
+        assert_eq!(a.push_jobs_waiting().await.unwrap(), 0, "{name}");
+    }
+}
+
+/// The climber a job's device belongs to (a job is only ever for its device's owner).
+fn n_user(job: &belay::store::push::PushJob) -> belay::domain::UserId {
+    job.device.user.clone()
+}
+
+#[tokio::test]
+async fn a_collapsed_like_keeps_one_push_job_and_a_removed_device_takes_its_jobs_along() {
+    use belay::store::push::{NewDevice, Platform};
+    for (name, backend) in backends().await {
+        let store = backend.store.clone();
+        store.enable_push(Arc::new(PushAll));
+        let now = Utc::now();
+        let device = NewDevice {
+            platform: Platform::Fcm,
+            token: "t-1".into(),
+            p256dh: None,
+            auth: None,
+        };
+        let (registered, created) = store
+            .register_device(&user("ana"), &device, 10, now)
+            .await
+            .unwrap();
+        assert!(created, "{name}");
+        store.append(vec![like("ana", "p1", "bob")]).await.unwrap();
+        store.append(vec![like("ana", "p1", "cleo")]).await.unwrap();
+        assert_eq!(store.push_jobs_waiting().await.unwrap(), 1, "{name}");
+        store.append(vec![like("ana", "p2", "bob")]).await.unwrap();
+        assert_eq!(store.push_jobs_waiting().await.unwrap(), 2, "{name}");
+        assert!(store.delete_device(None, registered.id).await.unwrap());
+        assert_eq!(store.push_jobs_waiting().await.unwrap(), 0, "{name}");
+
+        // The per-climber cap forgets the least recently seen device.
+        for i in 0..4 {
+            let device = NewDevice {
+                token: format!("cap-{i}"),
+                ..device.clone()
+            };
+            let at = now + chrono::Duration::seconds(i);
+            store
+                .register_device(&user("bob"), &device, 3, at)
+                .await
+                .unwrap();
+        }
+        let kept: Vec<String> = store
+            .devices(&user("bob"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.token)
+            .collect();
+        assert_eq!(kept, ["cap-3", "cap-2", "cap-1"], "{name}");
+        // Devices not seen since a moment are pruned.
+        let pruned = store
+            .prune_devices(now + chrono::Duration::milliseconds(1500))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1, "{name}");
+    }
+}

@@ -4,7 +4,7 @@
 //! fan-out uses every core with no lock per frame. Frames from other nodes (the Redis bridge)
 //! enter through the same `HubSet::publish`. Part of "Delivery order" (docs/ARCHITECTURE.md).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
@@ -17,9 +17,10 @@ use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message
 use bytes::Bytes;
 
 use super::session::{CatchUp, Resync, SessionActor, Stop};
+use crate::domain::preferences::LiveMask;
 use crate::domain::{Cursor, UserId};
 use crate::metrics::Metrics;
-use crate::sse::{Offer, Outbox};
+use crate::sse::{Offer, Outbox, frame};
 
 /// Who receives a frame.
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct SessionEntry {
     pub id: u64,
     pub outbox: Rc<RefCell<Outbox>>,
     pub session: Addr<SessionActor>,
+    /// Kinds its climber muted on the live stream, set by the session when it connects.
+    pub muted: Rc<Cell<LiveMask>>,
 }
 
 /// The sessions of one worker, by user. Only touched from that worker's thread.
@@ -121,7 +124,14 @@ impl Registry {
     /// The per-session cost of a delivery: one push onto its outbox.
     fn offer(&self, entry: &SessionEntry, cursor: Option<Cursor>, frame: &Bytes) -> u64 {
         let mut outbox = entry.outbox.borrow_mut();
+        let muted = entry.muted.get();
         let offer = match cursor {
+            // A muted kind still moves the stream's cursor: only the frame's text is left out.
+            Some(c)
+                if !muted.is_empty() && frame::kind_of(frame).is_some_and(|k| muted.mutes(k)) =>
+            {
+                outbox.offer_user(c, frame::cursor_only(c))
+            }
             Some(c) => outbox.offer_user(c, frame.clone()),
             None => outbox.offer(frame.clone()),
         };

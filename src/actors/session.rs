@@ -3,7 +3,7 @@
 //! then the `Last-Event-ID` replay), whenever its outbox sees a gap in the user's cursors, and
 //! when the Redis bridge resubscribed (`Resync`). Part of "Delivery order" (docs/ARCHITECTURE.md).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use actix::{
 };
 
 use super::hub::{Registry, SessionEntry};
+use crate::domain::preferences::{LiveMask, Preferences};
 use crate::domain::{Cursor, Notification, UnreadSummary, UserId};
 use crate::metrics::Metrics;
 use crate::sse::{Offer, Outbox, Release, frame};
@@ -60,6 +61,8 @@ pub struct SessionActor {
     /// A `Resync` came while a catch-up ran: read again once it ends, since that read may have
     /// started before the events that were lost.
     resync_owed: bool,
+    /// Kinds muted on the live stream; shared with this session's registry entry.
+    muted: Rc<Cell<LiveMask>>,
     _permit: SessionPermit,
 }
 
@@ -88,6 +91,7 @@ impl SessionActor {
             replay_page: setup.replay_page,
             catch_up_running: false,
             resync_owed: false,
+            muted: Rc::default(),
             _permit: setup.permit,
         }
     }
@@ -100,6 +104,7 @@ impl SessionActor {
             user: self.user.clone(),
             outbox: self.outbox.clone(),
             page: self.replay_page,
+            muted: self.muted.clone(),
         };
         let resume = self.resume.take();
         let fut = async move {
@@ -153,6 +158,7 @@ impl Actor for SessionActor {
                 id: self.id,
                 outbox: self.outbox.clone(),
                 session: ctx.address(),
+                muted: self.muted.clone(),
             },
         );
         Metrics::add(&self.metrics.sessions_opened, 1);
@@ -220,6 +226,7 @@ struct CatchUpJob {
     user: UserId,
     outbox: Rc<RefCell<Outbox>>,
     page: u32,
+    muted: Rc<Cell<LiveMask>>,
 }
 
 impl CatchUpJob {
@@ -229,6 +236,11 @@ impl CatchUpJob {
     /// head was read after the session subscribed, so every later event reaches it live; nor when
     /// the summary held every missed event and they were queued from it.
     async fn connect(&self, resume: Option<Cursor>) -> anyhow::Result<bool> {
+        // The climber's live mutes apply from before the first frame: the summary's replay, the
+        // paged replay and live frames alike. Changed preferences apply to streams opened after.
+        let preferences = self.store.preferences(&self.user).await?;
+        self.muted
+            .set(Preferences::from_stored(preferences.as_deref()).live_mask());
         // Most connects find nothing unread and need only the count; otherwise one snapshot gives
         // the count, the head and the newest unread at or below it, all in agreement.
         let (mut count, mut head) = self.store.unread_as_of(&self.user).await?;
@@ -247,7 +259,12 @@ impl CatchUpJob {
         let replay = match latest.as_deref().and_then(|l| covered(l, start, head)) {
             Some(events) => events
                 .into_iter()
-                .map(|event| Ok((event.cursor, frame::user_event(event)?)))
+                .map(|event| {
+                    Ok((
+                        event.cursor,
+                        frame::user_event_for(event, self.muted.get())?,
+                    ))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?,
             None => Vec::new(),
         };
@@ -288,7 +305,8 @@ impl CatchUpJob {
             let complete = events.len() < limit as usize;
             let mut outbox = self.outbox.borrow_mut();
             for event in &events {
-                match outbox.push_replayed(event.cursor, frame::user_event(event)?) {
+                let frame = frame::user_event_for(event, self.muted.get())?;
+                match outbox.push_replayed(event.cursor, frame) {
                     Offer::Full => return Ok(Release::Full),
                     Offer::Closed => return Ok(Release::Live),
                     _ => {}

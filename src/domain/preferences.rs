@@ -52,6 +52,28 @@ impl QuietHours {
     }
 }
 
+/// The kinds a climber muted on the live stream, one bit per kind of [`EventKind::ALL`]: cheap
+/// to copy into every session of theirs and to test for every frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveMask(u32);
+
+impl LiveMask {
+    fn bit(kind: EventKind) -> u32 {
+        EventKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| 1 << i)
+    }
+
+    pub fn mutes(self, kind: EventKind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// Why a push was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
@@ -210,6 +232,23 @@ impl Preferences {
         self.kinds.get(kind.as_str()).is_none_or(|s| s.live)
     }
 
+    /// The kinds muted on the live stream.
+    pub fn live_mask(&self) -> LiveMask {
+        LiveMask(
+            settable_kinds()
+                .filter(|kind| !self.live(*kind))
+                .map(LiveMask::bit)
+                .fold(0, |mask, bit| mask | bit),
+        )
+    }
+
+    /// Reads stored preferences; anything unreadable counts as the defaults.
+    pub fn from_stored(json: Option<&str>) -> Preferences {
+        json.and_then(|json| serde_json::from_str::<PreferencesBody>(json).ok())
+            .and_then(|body| Preferences::from_body(&body).ok())
+            .unwrap_or_default()
+    }
+
     /// Whether a push of `kind` may go out at `at`, given the kinds pushed by default.
     pub fn push(
         &self,
@@ -316,6 +355,9 @@ mod tests {
         assert_eq!(p.push(EventKind::PostLiked, now, all), Err(Held::Muted));
         assert!(!p.live(EventKind::PostLiked));
         assert!(p.live(EventKind::RankChanged));
+        let mask = p.live_mask();
+        assert!(mask.mutes(EventKind::PostLiked) && !mask.mutes(EventKind::RankChanged));
+        assert!(Preferences::default().live_mask().is_empty());
         assert_eq!(p.push(EventKind::RankChanged, now, all), Ok(()));
         assert_eq!(
             p.push(EventKind::NewPost, now, |k| k != EventKind::NewPost),

@@ -233,7 +233,7 @@ pub struct VapidKey {
 #[utoipa::path(
     get,
     path = "/v1/push/vapid-key",
-    tag = "user",
+    tag = "public",
     summary = "The key browsers subscribe to Web Push with",
     responses(
         (status = 200, description = "Web Push is on", body = VapidKey),

@@ -61,6 +61,7 @@ use crate::error::ErrorBody;
     tags(
         (name = "user", description = "A climber, by JWT: notifications, duels, ascents"),
         (name = "host", description = "The host app, by API key"),
+        (name = "public", description = "Anyone: what a browser needs before signing in"),
         (name = "dev", description = "Only when `auth.dev_tokens = true`"),
         (name = "ops", description = "Health, metrics and this document"),
     )

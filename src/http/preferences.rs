@@ -19,10 +19,7 @@ fn pushable(state: &AppState) -> impl Fn(EventKind) -> bool + use<> {
 /// A climber's preferences as stored, or the defaults.
 pub async fn preferences_of(state: &AppState, user: &UserId) -> Result<Preferences, ApiError> {
     let stored = state.store.preferences(user).await?;
-    Ok(stored
-        .and_then(|json| serde_json::from_str::<PreferencesBody>(&json).ok())
-        .and_then(|body| Preferences::from_body(&body).ok())
-        .unwrap_or_default())
+    Ok(Preferences::from_stored(stored.as_deref()))
 }
 
 #[utoipa::path(

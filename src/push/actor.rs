@@ -285,11 +285,7 @@ impl PushActor {
                     None
                 }
             };
-            let parsed = stored
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .and_then(|body| Preferences::from_body(&body).ok())
-                .unwrap_or_default();
-            preferences.insert(user.clone(), parsed);
+            preferences.insert(user.clone(), Preferences::from_stored(stored.as_deref()));
         }
         for job in jobs {
             if self.stopped() {

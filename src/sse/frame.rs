@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use serde::Serialize;
 
-use crate::domain::{Broadcast, EventKind, Notification, UnreadSummary};
+use crate::domain::preferences::LiveMask;
+use crate::domain::{Broadcast, Cursor, EventKind, Notification, UnreadSummary};
 
 /// Runs actix-web-lab's encoder over a finished body; it is ready at once (no I/O, no timers).
 fn collect<B: MessageBody>(body: B) -> anyhow::Result<Bytes> {
@@ -47,6 +48,31 @@ fn data_frame<T: Serialize>(id: Option<i64>, kind: &str, payload: &T) -> anyhow:
 /// A user event: `id: <cursor>`, `event: <kind>`, `data: <notification JSON>`.
 pub fn user_event(n: &Notification) -> anyhow::Result<Bytes> {
     data_frame(Some(n.cursor.0), n.event.kind().as_str(), n)
+}
+
+/// What a session sends for a stored event of a kind its climber muted on the live stream:
+/// `id:` alone. A browser's `EventSource` moves its resume cursor to it and fires no event, so a
+/// reconnect does not bring the muted event back.
+pub fn cursor_only(cursor: Cursor) -> Bytes {
+    Bytes::from(format!("id: {}\n\n", cursor.0))
+}
+
+/// A user event's frame as its session sends it: whole, or [`cursor_only`] when muted.
+pub fn user_event_for(n: &Notification, muted: LiveMask) -> anyhow::Result<Bytes> {
+    if muted.mutes(n.event.kind()) {
+        return Ok(cursor_only(n.cursor));
+    }
+    user_event(n)
+}
+
+/// The kind named by a frame's `event:` line (within its first two lines).
+pub fn kind_of(frame: &[u8]) -> Option<EventKind> {
+    frame
+        .split(|&b| b == b'\n')
+        .take(2)
+        .find_map(|line| line.strip_prefix(b"event: "))
+        .and_then(|kind| std::str::from_utf8(kind).ok())
+        .and_then(EventKind::parse)
 }
 
 /// A broadcast: no `id`, so it leaves the client's resume cursor alone.

@@ -73,6 +73,7 @@ pub struct MySqlStore {
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
+    pub(super) preferences: mpsc::Sender<Lookup<UserId, String>>,
     pub(super) pool: MySqlPool,
 }
 
@@ -130,11 +131,16 @@ impl MySqlStore {
         let summaries = spawn_lookups(MAX_SUMMARY_BATCH, move |keys| {
             unread_summaries_of(reader.clone(), keys)
         });
+        let lookup_pool = pool.clone();
+        let preferences = spawn_lookups(MAX_LOOKUP_BATCH, move |users| {
+            super::mysql_push::preferences_of(lookup_pool.clone(), users)
+        });
         Ok(MySqlStore {
             writes,
             ratings,
             heads,
             summaries,
+            preferences,
             pool,
         })
     }

@@ -2,10 +2,12 @@
 //! `FOR UPDATE SKIP LOCKED` (MariaDB 10.6, MySQL 8), so two nodes taking at once take different
 //! ones; the rules are in `push`.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::mysql::MySqlRow;
+use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
@@ -15,7 +17,7 @@ use super::mysql::{
 use super::push::{
     Device, JobRow, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct,
 };
-use super::writer::padded;
+use super::writer::{look_up, padded};
 use crate::domain::UserId;
 
 const DEVICE_COLUMNS: &str = "id, user_id, platform, token, p256dh, auth, created_at, last_seen";
@@ -96,6 +98,33 @@ pub(super) async fn write_jobs(
             .context("writing push jobs")?;
     }
     Ok(())
+}
+
+/// The stored preferences of the given climbers, in one statement: every stream's connect asks.
+pub(super) async fn preferences_of(
+    pool: MySqlPool,
+    users: Vec<UserId>,
+) -> anyhow::Result<HashMap<UserId, String>> {
+    let mut qb =
+        QueryBuilder::<MySql>::new("SELECT user_id, body FROM user_preferences WHERE user_id IN ");
+    let keys: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    push_list(&mut qb, padded(&keys));
+    let rows = qb
+        .build()
+        .fetch_all(&pool)
+        .await
+        .context("reading preferences")?;
+    let mut found: HashMap<String, String> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(text(row, "user_id")?, text(row, "body")?);
+    }
+    Ok(users
+        .into_iter()
+        .filter_map(|user| {
+            let body = found.remove(user.as_str())?;
+            Some((user, body))
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -239,12 +268,7 @@ impl PushStore for MySqlStore {
     }
 
     async fn preferences(&self, user: &UserId) -> anyhow::Result<Option<String>> {
-        let row = sqlx::query("SELECT body FROM user_preferences WHERE user_id = ?")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading preferences")?;
-        row.map(|row| text(&row, "body")).transpose()
+        look_up(&self.preferences, user.clone(), "preferences").await
     }
 
     async fn set_preferences(

@@ -2,15 +2,18 @@
 //! `FOR UPDATE SKIP LOCKED`, so two nodes taking at once take different ones; the rules are in
 //! `push`.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
 use super::postgres::{COLUMNS, PgStore, from_ms, notification_from_row, to_ms};
 use super::push::{Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct};
+use super::writer::look_up;
 use crate::domain::UserId;
 
 const DEVICE_COLUMNS: &str = "id, user_id, platform, token, p256dh, auth, created_at, last_seen";
@@ -29,6 +32,31 @@ fn device_from_row(row: &PgRow) -> anyhow::Result<Device> {
         created_at: from_ms(row.try_get("created_at")?),
         last_seen: from_ms(row.try_get("last_seen")?),
     })
+}
+
+/// The stored preferences of the given climbers, in one statement: every stream's connect asks.
+pub(super) async fn preferences_of(
+    pool: PgPool,
+    users: Vec<UserId>,
+) -> anyhow::Result<HashMap<UserId, String>> {
+    let keys: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let rows =
+        sqlx::query("SELECT user_id, body FROM user_preferences WHERE user_id = ANY($1::text[])")
+            .bind(&keys)
+            .fetch_all(&pool)
+            .await
+            .context("reading preferences")?;
+    let mut found: HashMap<String, String> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(row.try_get("user_id")?, row.try_get("body")?);
+    }
+    Ok(users
+        .into_iter()
+        .filter_map(|user| {
+            let body = found.remove(user.as_str())?;
+            Some((user, body))
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -127,11 +155,7 @@ impl PushStore for PgStore {
     }
 
     async fn preferences(&self, user: &UserId) -> anyhow::Result<Option<String>> {
-        sqlx::query_scalar("SELECT body FROM user_preferences WHERE user_id = $1")
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading preferences")
+        look_up(&self.preferences, user.clone(), "preferences").await
     }
 
     async fn set_preferences(

@@ -50,6 +50,7 @@ pub struct SqliteStore {
     ratings: mpsc::Sender<Lookup<(UserId, Discipline), Rating>>,
     heads: mpsc::Sender<Lookup<UserId, (i64, i64)>>,
     summaries: mpsc::Sender<Lookup<(UserId, u32), UnreadSnapshot>>,
+    pub(super) preferences: mpsc::Sender<Lookup<UserId, String>>,
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
 }
@@ -131,11 +132,16 @@ impl SqliteStore {
                 .with_context(|| format!("opening the checkpoint connection for {url}"))?;
             tokio::spawn(checkpoint_loop(checkpointer, writes.alive()));
         }
+        let lookup_pool = reader.clone();
+        let preferences = spawn_lookups(MAX_LOOKUP_BATCH, move |users| {
+            super::sqlite_push::preferences_of(lookup_pool.clone(), users)
+        });
         Ok(SqliteStore {
             writes,
             ratings,
             heads,
             summaries,
+            preferences,
             writer,
             reader,
         })

@@ -1,15 +1,18 @@
 //! SQLite: the SQL of push (devices, preferences, push jobs). Writes go through the writer
 //! connection, as every write does on SQLite; the rules are in `push`.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::push::{Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct};
 use super::sqlite::{COLUMNS, SqliteStore, from_ms, notification_from_row, push_list, to_ms};
+use super::writer::{look_up, padded};
 use crate::domain::UserId;
 
 const DEVICE_COLUMNS: &str = "id, user_id, platform, token, p256dh, auth, created_at, last_seen";
@@ -28,6 +31,33 @@ fn device_from_row(row: &SqliteRow) -> anyhow::Result<Device> {
         created_at: from_ms(row.try_get("created_at")?),
         last_seen: from_ms(row.try_get("last_seen")?),
     })
+}
+
+/// The stored preferences of the given climbers, in one statement: every stream's connect asks.
+pub(super) async fn preferences_of(
+    pool: SqlitePool,
+    users: Vec<UserId>,
+) -> anyhow::Result<HashMap<UserId, String>> {
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("SELECT user_id, body FROM user_preferences WHERE user_id IN ");
+    let keys: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    push_list(&mut qb, padded(&keys));
+    let rows = qb
+        .build()
+        .fetch_all(&pool)
+        .await
+        .context("reading preferences")?;
+    let mut found: HashMap<String, String> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(row.try_get("user_id")?, row.try_get("body")?);
+    }
+    Ok(users
+        .into_iter()
+        .filter_map(|user| {
+            let body = found.remove(user.as_str())?;
+            Some((user, body))
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -150,11 +180,7 @@ impl PushStore for SqliteStore {
     }
 
     async fn preferences(&self, user: &UserId) -> anyhow::Result<Option<String>> {
-        sqlx::query_scalar("SELECT body FROM user_preferences WHERE user_id = ?1")
-            .bind(user.as_str())
-            .fetch_optional(&self.reader)
-            .await
-            .context("reading preferences")
+        look_up(&self.preferences, user.clone(), "preferences").await
     }
 
     async fn set_preferences(

@@ -204,7 +204,12 @@ async fn an_offline_climber_is_pushed_through_fcm_with_the_cursor_to_resume_from
     for value in message["data"].as_object().unwrap().values() {
         assert!(value.is_string(), "FCM takes string data only: {value}");
     }
-    assert!(!message["notification"]["title"].as_str().unwrap().is_empty());
+    assert!(
+        !message["notification"]["title"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
     assert!(message["android"]["ttl"].as_str().unwrap().ends_with('s'));
     app.wait_metric(
         "belay_push_sends_total{provider=\"fcm\",outcome=\"sent\"}",
@@ -626,4 +631,73 @@ async fn a_browser_gets_its_push_encrypted_to_its_subscription_and_signed_with_v
         1,
     )
     .await;
+}
+
+#[actix_web::test]
+async fn a_kind_muted_on_the_live_stream_moves_the_cursor_but_sends_no_event() {
+    let app = spawn_app_with(|_| {}).await;
+    let ana = app.token("ana").await;
+    let response = put_preferences(
+        &app,
+        &ana,
+        json!({"kinds": {"post_liked": {"live": false, "push": true}}}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut stream = app.open_stream(&ana, None).await;
+    assert_eq!(stream.expect().await.event, "unread");
+    app.like("ana", "p1", "bob").await;
+    let response = app
+        .client
+        .post(app.url("/v1/ascents"))
+        .bearer_auth(&ana)
+        .json(&json!({"route_id": "r1", "discipline": "boulder", "grade": "7A+"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // The like (cursor 1) sends only its id; the first real event is the ascent's.
+    let event = loop {
+        let event = stream.expect().await;
+        if !event.data.is_empty() {
+            break event;
+        }
+    };
+    assert_eq!(event.event, "route_completed");
+    assert_eq!(event.id, "2");
+    assert_eq!(
+        app.list(&ana, "").await["notifications"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "the muted like is stored and listed"
+    );
+
+    // A replay from the start: the like's cursor is there, its event is not.
+    let mut raw = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth(&ana)
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let started = Instant::now();
+    while !text.contains("event: personal_record") {
+        assert!(started.elapsed() < WAIT, "the replay did not come: {text}");
+        let chunk = tokio::time::timeout(WAIT, raw.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap_or_default()));
+    }
+    assert!(
+        text.contains("\nid: 1\n\n") || text.starts_with("id: 1\n\n"),
+        "{text}"
+    );
+    assert!(!text.contains("event: post_liked"), "{text}");
+    assert!(text.contains("id: 2\nevent: route_completed"), "{text}");
 }
