@@ -157,6 +157,20 @@ CONF
     nginx -p "$dir" -e "$dir/logs/error.log" -c "$dir/conf/nginx.conf"
     wait_for_port "$port"
     NGINX_PIDS+=("$(cat "$dir/nginx.pid")")
+    # Nchan answers 503 until its workers are connected to Redis: wait for 20 publishes in a
+    # row to work (each worker connects on its own; a connection goes to any of them).
+    local ok=0
+    for _ in $(seq 200); do
+        if curl -fs -o /dev/null -X POST -d ready "http://127.0.0.1:$port/pub/nchan_ready"; then
+            ok=$((ok + 1))
+            ((ok < 20)) || return 0
+        else
+            ok=0
+            sleep 0.1
+        fi
+    done
+    echo "nchan on port $port did not reach its Redis" >&2
+    exit 1
 }
 
 # Stops every nginx started by these scripts (the masters take their workers along).
