@@ -19,7 +19,7 @@ BROADCASTS=${BROADCASTS:-10}
 RATE=${RATE:-0.25}
 FIRST_PORT=${FIRST_PORT:-18191}
 REDIS_PORT=${REDIS_PORT:-18179}
-OPEN_CONCURRENCY=${OPEN_CONCURRENCY:-64}
+OPEN_CONCURRENCY=${OPEN_CONCURRENCY:-16}   # per client process
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$ROOT/load-tests/results/cluster-fanout-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-cluster-fanout.XXXXXX)
@@ -45,6 +45,7 @@ REDIS=redis://127.0.0.1:$REDIS_PORT
 } | tee "$OUT/settings.txt"
 
 for run in $(seq "$RUNS"); do
+    NODE_LOG=$OUT/nodes-$run.log
     fresh_database
     ports=()
     for i in $(seq 0 $((NODES - 1))); do
@@ -63,9 +64,9 @@ for run in $(seq "$RUNS"); do
         pids+=(--server-pid "$pid")
     done
     echo "== $SESSIONS sessions over $NODES nodes, $BROADCASTS broadcasts at $RATE/s (run $run); load $(cut -d' ' -f1-3 /proc/loadavg)"
-    # Bounded: the sessions open within --open-timeout, the broadcasts end after
+    # Bounded: 300 s at most; the sessions open within --open-timeout, the broadcasts end after
     # BROADCASTS / RATE seconds plus --drain.
-    timeout 600 "$LOAD_BIN" fanout --url "http://127.0.0.1:${ports[0]}" "${nodes[@]}" \
+    timeout 300 "$LOAD_BIN" fanout --url "http://127.0.0.1:${ports[0]}" "${nodes[@]}" \
         --api-key cluster-fanout-key "${pids[@]}" --sessions "$SESSIONS" \
         --per-worker "$per_node" --open-concurrency "$OPEN_CONCURRENCY" --open-timeout 120 \
         --broadcasts "$BROADCASTS" --rate "$RATE" --drain 30 \

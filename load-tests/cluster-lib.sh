@@ -38,12 +38,13 @@ binaries() {
     fi
 }
 
-# Starts a node on `port` with the given BELAY__* assignments and waits until it is ready.
+# Starts a node on `port` with the given BELAY__* assignments and waits until it is ready. Its
+# log goes to NODE_LOG when set, else to this script's output.
 start_node() {
     local port=$1
     shift
     env "$@" BELAY__SERVER__PORT="$port" BELAY__LIMITS__USER_REQUESTS_PER_SEC=0 \
-        RUST_LOG=warn "$BELAY_BIN" &
+        RUST_LOG=warn "$BELAY_BIN" >>"${NODE_LOG:-/dev/stdout}" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 200); do
         if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then

@@ -108,7 +108,7 @@ for run in $(seq "$RUNS"); do
     LOAD_PID=$!
     # The kill comes KILL_AFTER seconds after publishing began (the tool says when).
     for _ in $(seq 600); do
-        grep -q "publishing" "$log" && break
+        grep -qs "publishing" "$log" && break
         kill -0 "$LOAD_PID" 2>/dev/null || break
         sleep 0.1
     done
