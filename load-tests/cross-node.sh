@@ -7,7 +7,8 @@
 # database, nodes and servers per row. At the end `belay-load compare` prints cross-node Belay /
 # Nchan per rate. The Redis is a private redis-server on a free port, without persistence,
 # started and stopped by this script (Belay's keys carry the row's prefix; Nchan's are its own).
-# Loopback only; every run is bounded in time.
+# Loopback only; every run is bounded in time. A row whose checks fail (an event lost, repeated
+# or out of order) is reported and the other rows still run; the script then exits 1.
 #
 # Usage: load-tests/cross-node.sh          (settings below, as environment variables)
 set -euo pipefail
@@ -23,6 +24,9 @@ PORT_B=${PORT_B:-18182}
 NCHAN_A=${NCHAN_A:-18183}
 NCHAN_B=${NCHAN_B:-18184}
 REDIS_PORT=${REDIS_PORT:-18179}
+# `off` sets PostgreSQL's synchronous_commit off for the row's database (a diagnostic: what the
+# commit's WAL flush costs); empty keeps the server's setting (durable commits).
+SYNCHRONOUS_COMMIT=${SYNCHRONOUS_COMMIT:-}
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$ROOT/load-tests/results/cross-node-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-cross.XXXXXX)
@@ -36,9 +40,10 @@ binaries
 start_private_redis "$REDIS_PORT"
 REDIS=redis://127.0.0.1:$REDIS_PORT
 echo "load before: $(uptime)" | tee "$OUT/settings.txt"
-echo "settings: RUNS=$RUNS USERS=$USERS DURATION=$DURATION RATES=$RATES MODES=$MODES" |
+echo "settings: RUNS=$RUNS USERS=$USERS DURATION=$DURATION RATES=$RATES MODES=$MODES SYNCHRONOUS_COMMIT=$SYNCHRONOUS_COMMIT" |
     tee -a "$OUT/settings.txt"
 
+FAILED=()
 for run in $(seq "$RUNS"); do
     for rate in $RATES; do
         for mode in $MODES; do
@@ -49,11 +54,15 @@ for run in $(seq "$RUNS"); do
                 "$LOAD_BIN" notify --server nchan --url "http://127.0.0.1:$NCHAN_B" \
                     --publish-url "http://127.0.0.1:$NCHAN_A" \
                     --users "$USERS" --rate "$rate" --duration "$DURATION" \
-                    --out "$OUT/$mode-$rate-$run.json" | tee "$OUT/$mode-$rate-$run.txt"
+                    --out "$OUT/$mode-$rate-$run.json" | tee "$OUT/$mode-$rate-$run.txt" ||
+                    FAILED+=("$mode-$rate-$run")
                 stop_nginx
                 continue
             fi
             fresh_database
+            if [[ -n "$SYNCHRONOUS_COMMIT" ]]; then
+                psql "$PG_ADMIN" -qc "ALTER DATABASE $DB SET synchronous_commit = $SYNCHRONOUS_COMMIT"
+            fi
             for port in "$PORT_A" "$PORT_B"; do
                 start_node "$port" BELAY__DATABASE__URL="$URL" BELAY__REDIS__URL="$REDIS" \
                     BELAY__CLUSTER__KEY_PREFIX="$DB" BELAY__AUTH__API_KEY=cross-node-key \
@@ -65,7 +74,8 @@ for run in $(seq "$RUNS"); do
             "$LOAD_BIN" notify --url "http://127.0.0.1:$PORT_B" \
                 --publish-url "http://127.0.0.1:$publish" --api-key cross-node-key \
                 --users "$USERS" --rate "$rate" --duration "$DURATION" \
-                --out "$OUT/$mode-$rate-$run.json" | tee "$OUT/$mode-$rate-$run.txt"
+                --out "$OUT/$mode-$rate-$run.json" | tee "$OUT/$mode-$rate-$run.txt" ||
+                FAILED+=("$mode-$rate-$run")
             stop_nodes
         done
     done
@@ -79,3 +89,7 @@ if [[ $MODES == *cross* && $MODES == *nchan* ]]; then
     done
 fi
 echo "results in $OUT"
+if ((${#FAILED[@]} > 0)); then
+    echo "rows that failed their checks: ${FAILED[*]}" | tee -a "$OUT/settings.txt" >&2
+    exit 1
+fi
