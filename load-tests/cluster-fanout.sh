@@ -20,6 +20,8 @@ RATE=${RATE:-0.25}
 FIRST_PORT=${FIRST_PORT:-18191}
 REDIS_PORT=${REDIS_PORT:-18179}
 OPEN_CONCURRENCY=${OPEN_CONCURRENCY:-16}   # per client process
+# More BELAY__* settings for every node, space-separated (e.g. BELAY__CLUSTER__PROBE_TIMEOUT_MS=10000).
+NODE_SETTINGS=${NODE_SETTINGS:-}
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$ROOT/load-tests/results/cluster-fanout-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-cluster-fanout.XXXXXX)
@@ -41,7 +43,7 @@ start_private_redis "$REDIS_PORT"
 REDIS=redis://127.0.0.1:$REDIS_PORT
 {
     echo "load before: $(uptime)"
-    echo "settings: RUNS=$RUNS NODES=$NODES SESSIONS=$SESSIONS BROADCASTS=$BROADCASTS RATE=$RATE open files $(ulimit -n)"
+    echo "settings: RUNS=$RUNS NODES=$NODES SESSIONS=$SESSIONS BROADCASTS=$BROADCASTS RATE=$RATE NODE_SETTINGS=$NODE_SETTINGS open files $(ulimit -n)"
 } | tee "$OUT/settings.txt"
 
 for run in $(seq "$RUNS"); do
@@ -54,7 +56,7 @@ for run in $(seq "$RUNS"); do
         ports+=("$port")
         start_node "$port" BELAY__DATABASE__URL="$URL" BELAY__REDIS__URL="$REDIS" \
             BELAY__CLUSTER__KEY_PREFIX="$DB" BELAY__AUTH__API_KEY=cluster-fanout-key \
-            BELAY__AUTH__JWT_SECRET=cluster-fanout-secret-0123456789
+            BELAY__AUTH__JWT_SECRET=cluster-fanout-secret-0123456789 $NODE_SETTINGS
     done
     nodes=() pids=()
     for port in "${ports[@]:1}"; do
