@@ -1,5 +1,6 @@
-//! `compare`: reads `connections` and `fanout` result files of Belay and Nchan runs and prints,
-//! per metric, each server's range over its runs and the ratio Belay / Nchan of the medians.
+//! `compare`: reads `connections`, `fanout` and cross-node `notify` result files of Belay and
+//! Nchan runs and prints, per metric, each server's range over its runs and the ratio
+//! Belay / Nchan of the medians.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,9 @@ use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Result files written by `connections` and `fanout` (any order, several runs each).
+    /// Result files written by `connections`, `fanout` and `notify` (any order, several runs
+    /// each); of `notify`, only cross-node runs count (published to another node than the
+    /// sessions').
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
@@ -24,7 +27,7 @@ struct Metric {
     goal: &'static str,
 }
 
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 11] = [
     Metric {
         label: "memory/session connected KiB",
         scenario: "connections",
@@ -74,7 +77,43 @@ const METRICS: [Metric; 7] = [
         pointer: "/fanout/all_received/p99_ms",
         goal: "<= 0.75",
     },
+    Metric {
+        label: "cross-node: delivered events/s",
+        scenario: "notify",
+        mode: None,
+        pointer: "/achieved_rate_eps",
+        goal: "",
+    },
+    Metric {
+        label: "cross-node: p50 ms",
+        scenario: "notify",
+        mode: None,
+        pointer: "/latency/p50_ms",
+        goal: "",
+    },
+    Metric {
+        label: "cross-node: p99 ms",
+        scenario: "notify",
+        mode: None,
+        pointer: "/latency/p99_ms",
+        goal: "<= 1",
+    },
+    Metric {
+        label: "cross-node: p99.9 ms",
+        scenario: "notify",
+        mode: None,
+        pointer: "/latency/p999_ms",
+        goal: "",
+    },
 ];
+
+/// Whether a result counts for `metric`: its scenario and mode, and for `notify` a run that
+/// published to another node than the one holding the sessions.
+fn counts(metric: &Metric, result: &Value) -> bool {
+    result["scenario"] == metric.scenario
+        && metric.mode.is_none_or(|m| result["mode"] == m)
+        && (metric.scenario != "notify" || result["url"] != result["publish_url"])
+}
 
 pub fn run(args: &CompareArgs) -> Result<()> {
     let mut results = Vec::new();
@@ -93,8 +132,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         let values = |server: &str| -> Vec<f64> {
             let mut v: Vec<f64> = results
                 .iter()
-                .filter(|r| r["scenario"] == metric.scenario && r["server"] == server)
-                .filter(|r| metric.mode.is_none_or(|m| r["mode"] == m))
+                .filter(|r| counts(metric, r) && r["server"] == server)
                 .filter_map(|r| r.pointer(metric.pointer).and_then(Value::as_f64))
                 .collect();
             v.sort_by(f64::total_cmp);

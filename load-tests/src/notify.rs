@@ -1,5 +1,8 @@
 //! `notify` scenario: one SSE session per user, a paced publisher of `post_liked` events, and
-//! receivers that measure delivery latency, loss, duplicates and cursor order.
+//! receivers that measure delivery latency, loss, duplicates and cursor order. The same client
+//! drives Nchan (one channel per user) for the cross-node comparison, and can keep its sessions
+//! alive across a node's loss (`--resume`: reopen with `Last-Event-ID`, as an `EventSource`
+//! does).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,8 +21,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, timeout, timeout_at};
 
+use crate::adapter::ServerKind;
 use crate::common::{
-    self, CpuUsage, ErrorCount, ErrorTally, LatencySummary, ShardedHistogram, Target, row,
+    self, CpuUsage, ErrorCount, ErrorTally, LatencySummary, ShardedHistogram, SseStream, Target,
+    row,
 };
 use crate::output;
 
@@ -28,6 +33,15 @@ const MAX_EVENTS: u64 = 20_000_000;
 
 #[derive(Debug, Args)]
 pub struct NotifyArgs {
+    /// Which server answers: Belay, or Nchan (a channel per user, subscribed at
+    /// `/sub/<channel>` and published to at `/pub/<channel>`: no tokens, no cursors, one event
+    /// per request).
+    #[arg(long, value_enum, default_value_t = ServerKind::Belay)]
+    pub server: ServerKind,
+    /// Belay only: a session whose stream ends reopens it with `Last-Event-ID` (its last
+    /// cursor) until the run ends, as an `EventSource` does; reports how long sessions were away.
+    #[arg(long)]
+    pub resume: bool,
     /// Server base URL; must be plain http on loopback (127.0.0.0/8, localhost, ::1).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
@@ -100,6 +114,11 @@ struct Shared {
     /// Events with a lower sequence number belong to the warmup.
     warmup_events: u64,
     latency_us: ShardedHistogram,
+    /// `--resume`: the first stream that ended and the last one reopened (ns since `t0`, plus
+    /// one; 0: none), and per reopened stream the time from its end to its `unread` frame.
+    first_drop_ns: AtomicU64,
+    last_resume_ns: AtomicU64,
+    away_us: ShardedHistogram,
 }
 
 impl Shared {
@@ -114,6 +133,10 @@ impl Shared {
 
 /// Everything a session task needs besides its user.
 struct SessionCtx {
+    server: ServerKind,
+    /// Nchan: the channel of user `i` is `<prefix>_<i>`.
+    channel_prefix: String,
+    resume: bool,
     shared: Arc<Shared>,
     target: Target,
     api_key: String,
@@ -133,6 +156,9 @@ struct ReceiverStats {
     delivered: u64,
     duplicates: u64,
     out_of_order: u64,
+    /// `--resume`: streams reopened, and attempts that failed (each retried).
+    resumes: u64,
+    resume_failures: u64,
     misrouted: u64,
     unknown: u64,
     unparsable: u64,
@@ -159,6 +185,13 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         None => target.clone(),
     };
     let run = common::run_tag();
+    let nchan = args.server == ServerKind::Nchan;
+    if nchan && args.batch != 1 {
+        bail!("--batch must be 1 with --server nchan: a publish is one message");
+    }
+    if nchan && args.resume {
+        bail!("--resume needs a Belay server");
+    }
 
     let total_requests = u64::from(args.rate) * (args.warmup + args.duration);
     let total_events = total_requests * u64::from(args.batch);
@@ -173,7 +206,12 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     let request_timeout = Duration::from_secs(args.request_timeout);
     let api = common::api_client(request_timeout, args.concurrency as usize)?;
     let sse = common::sse_client()?;
-    let api_key = common::resolve_api_key(&api, &target, args.api_key.as_deref()).await?;
+    let api_key = if nchan {
+        String::new()
+    } else {
+        common::resolve_api_key(&api, &target, args.api_key.as_deref()).await?
+    };
+    let channel_prefix = format!("lt_{run}");
 
     let slots_len = usize::try_from(total_events).context("event count does not fit in memory")?;
     let shard_count = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
@@ -182,6 +220,9 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         slots: (0..slots_len).map(|_| Slot::default()).collect(),
         warmup_events: u64::from(args.rate) * args.warmup * u64::from(args.batch),
         latency_us: ShardedHistogram::new(shard_count)?,
+        first_drop_ns: AtomicU64::new(0),
+        last_resume_ns: AtomicU64::new(0),
+        away_us: ShardedHistogram::new(shard_count)?,
     });
 
     // Phase 1: open every session (bounded concurrency) and wait for all to report.
@@ -191,6 +232,9 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         target.base()
     );
     let ctx = Arc::new(SessionCtx {
+        server: args.server,
+        channel_prefix: channel_prefix.clone(),
+        resume: args.resume,
         shared: Arc::clone(&shared),
         target: target.clone(),
         api_key: api_key.clone(),
@@ -226,6 +270,9 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     let publisher = Publisher {
         shared: Arc::clone(&shared),
         api,
+        server: args.server,
+        channel_prefix,
+        target: publish_target.clone(),
         url: publish_target.endpoint("/v1/notify"),
         api_key,
         users: Arc::new(open_users),
@@ -257,7 +304,16 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
     // Phase 3: close the sessions and tally.
     let _ = stop_tx.send(true);
     let stats = collect_stats(sessions).await;
-    let report = build_report(&args, &run, &target, &shared, &published, &stats)?.with_cpu(
+    let report = build_report(
+        &args,
+        &run,
+        &target,
+        &publish_target,
+        &shared,
+        &published,
+        &stats,
+    )?
+    .with_cpu(
         CpuUsage::between(cpu_publish, cpu_end, phase_wall),
         CpuUsage::between(
             cpu_start,
@@ -346,7 +402,8 @@ async fn open_sessions(
     (sessions, open_users, failures)
 }
 
-/// One user's task: open the session, report the outcome, then receive until told to stop.
+/// One user's task: open the session, report the outcome, then receive until told to stop;
+/// with `--resume`, reopen the stream with `Last-Event-ID` whenever it ends.
 async fn session(
     ctx: Arc<SessionCtx>,
     idx: u32,
@@ -363,8 +420,19 @@ async fn session(
             .await
             .context("open limiter closed")?;
         timeout(ctx.open_timeout, async {
-            let token = common::dev_token(&ctx.api, &ctx.target, &ctx.api_key, &user_id).await?;
-            common::open_session(&ctx.sse, &ctx.target, &token).await
+            match ctx.server {
+                ServerKind::Belay => {
+                    let token =
+                        common::dev_token(&ctx.api, &ctx.target, &ctx.api_key, &user_id).await?;
+                    let (stream, cursor) = open_belay(&ctx.sse, &ctx.target, &token, None).await?;
+                    Ok::<_, anyhow::Error>((stream, token, cursor))
+                }
+                ServerKind::Nchan => {
+                    let channel = format!("{}_{idx}", ctx.channel_prefix);
+                    let stream = open_nchan(&ctx.sse, &ctx.target, &channel).await?;
+                    Ok((stream, String::new(), None))
+                }
+            }
         })
         .await
         .with_context(|| {
@@ -374,8 +442,8 @@ async fn session(
             )
         })?
     };
-    let mut stream = match open.await {
-        Ok(stream) => stream,
+    let (mut stream, token, mut last_cursor) = match open.await {
+        Ok(opened) => opened,
         Err(err) => {
             stats.open_error = Some(format!("{err:#}"));
             let _ = opened.send((idx, user_id, false));
@@ -386,37 +454,152 @@ async fn session(
     let _ = opened.send((idx, user_id, true));
     drop(opened);
 
-    let mut last_cursor: Option<u64> = None;
     loop {
+        let ended = loop {
+            tokio::select! {
+                biased;
+                // A dropped sender also ends the session, so an early error cannot leak tasks.
+                _ = stop.changed() => return stats,
+                frame = stream.next() => match frame {
+                    Some(Ok(event)) => {
+                        on_event(&ctx, idx, &event, &mut last_cursor, &mut stats);
+                    }
+                    Some(Err(err)) => break common::sse_error(&err),
+                    None => break "server closed the stream".to_owned(),
+                },
+            }
+        };
+        if !ctx.resume || *stop.borrow() {
+            stats.dropped = Some(ended);
+            return stats;
+        }
+        let Some(resumed) = resume(&ctx, &token, last_cursor, &mut stop, &mut stats).await else {
+            if !*stop.borrow() {
+                stats.dropped = Some(format!("{ended}; not resumed"));
+            }
+            return stats;
+        };
+        stream = resumed;
+    }
+}
+
+/// Reopens a session's stream after it ended, from `last_cursor` (0: from the start), retrying
+/// every 100 ms for up to the open timeout. None when the run stops first or the time is up.
+async fn resume(
+    ctx: &SessionCtx,
+    token: &str,
+    last_cursor: Option<u64>,
+    stop: &mut watch::Receiver<bool>,
+    stats: &mut ReceiverStats,
+) -> Option<SseStream> {
+    let shared = &ctx.shared;
+    let dropped_ns = shared.now_ns().saturating_add(1);
+    let _ = shared
+        .first_drop_ns
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |first| {
+            (first == 0 || dropped_ns < first).then_some(dropped_ns)
+        });
+    let deadline = tokio::time::Instant::now() + ctx.open_timeout;
+    let cursor = last_cursor.unwrap_or(0);
+    loop {
+        let attempt = timeout_at(
+            deadline,
+            open_belay(&ctx.sse, &ctx.target, token, Some(cursor)),
+        );
+        let outcome = tokio::select! {
+            biased;
+            _ = stop.changed() => return None,
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(Ok((stream, _))) => {
+                let now = shared.now_ns().saturating_add(1);
+                shared.last_resume_ns.fetch_max(now, Ordering::AcqRel);
+                shared
+                    .away_us
+                    .record(stats.resumes as usize, (now - dropped_ns) / 1000);
+                stats.resumes += 1;
+                return Some(stream);
+            }
+            Ok(Err(_)) => stats.resume_failures += 1,
+            Err(_) => return None,
+        }
         tokio::select! {
             biased;
-            // A dropped sender also ends the session, so an early error cannot leak tasks.
-            _ = stop.changed() => break,
-            frame = stream.next() => match frame {
-                Some(Ok(event)) => on_event(&ctx.shared, idx, &event, &mut last_cursor, &mut stats),
-                Some(Err(err)) => {
-                    stats.dropped = Some(common::sse_error(&err));
-                    break;
-                }
-                None => {
-                    stats.dropped = Some("server closed the stream".to_owned());
-                    break;
-                }
-            },
+            _ = stop.changed() => return None,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
         }
     }
-    stats
+}
+
+/// Belay: `GET /v1/events` (from `Last-Event-ID` when given), read up to the `unread` event,
+/// which the server sends once the session is registered. Returns the stream and the
+/// summary's cursor.
+async fn open_belay(
+    client: &Client,
+    target: &Target,
+    token: &str,
+    last_event_id: Option<u64>,
+) -> Result<(SseStream, Option<u64>)> {
+    let url = target.endpoint("/v1/events");
+    let mut request = client
+        .get(&url)
+        .bearer_auth(token)
+        .header(reqwest::header::ACCEPT, "text/event-stream");
+    if let Some(cursor) = last_event_id {
+        request = request.header("Last-Event-ID", cursor.to_string());
+    }
+    let resp = request.send().await.with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {url}: {}", common::describe_error(resp).await);
+    }
+    let mut stream: SseStream =
+        eventsource_stream::Eventsource::eventsource(resp.bytes_stream()).boxed();
+    while let Some(frame) = stream.next().await {
+        let event = frame.with_context(|| format!("GET {url}: reading the stream"))?;
+        if event.event == "unread" {
+            let cursor = serde_json::from_str::<Value>(&event.data)
+                .ok()
+                .and_then(|v| v.get("cursor").and_then(Value::as_u64));
+            return Ok((stream, cursor));
+        }
+    }
+    bail!("GET {url}: stream closed before the `unread` event")
+}
+
+/// Nchan: an EventSource subscriber of `channel`; subscribed once it answers 200.
+async fn open_nchan(client: &Client, target: &Target, channel: &str) -> Result<SseStream> {
+    let url = target.endpoint(&format!("/sub/{channel}"));
+    let resp = client
+        .get(&url)
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {url}: {}", common::describe_error(resp).await);
+    }
+    Ok(eventsource_stream::Eventsource::eventsource(resp.bytes_stream()).boxed())
 }
 
 /// Checks one SSE event against what the publisher sent.
 fn on_event(
-    shared: &Shared,
+    ctx: &SessionCtx,
     idx: u32,
     event: &Event,
     last_cursor: &mut Option<u64>,
     stats: &mut ReceiverStats,
 ) {
-    if event.event != "post_liked" {
+    let shared = &ctx.shared;
+    // Nchan frames carry no event name: they arrive as EventSource's default, `message`.
+    let expected = match ctx.server {
+        ServerKind::Belay => "post_liked",
+        ServerKind::Nchan => "message",
+    };
+    if event.event != expected {
         // `unread` may be re-sent by the server; anything else is unexpected here.
         if event.event != "unread" {
             stats.unknown += 1;
@@ -545,6 +728,11 @@ struct Published {
 struct Publisher {
     shared: Arc<Shared>,
     api: Client,
+    server: ServerKind,
+    /// Nchan: the channel of user `i` is `<prefix>_<i>`, published at `target`'s `/pub/…`.
+    channel_prefix: String,
+    target: Target,
+    /// Belay: `/v1/notify`.
     url: String,
     api_key: String,
     /// Users with an open session, as (index, user id); events go round-robin over them.
@@ -635,11 +823,20 @@ impl Publisher {
             json!({ "events": items })
         };
         // Serialize first, then stamp: latency starts when the request leaves, not before.
-        let request = self
-            .api
-            .post(&self.url)
-            .header("X-Api-Key", &self.api_key)
-            .json(&body);
+        let request = match self.server {
+            ServerKind::Belay => self
+                .api
+                .post(&self.url)
+                .header("X-Api-Key", &self.api_key)
+                .json(&body),
+            ServerKind::Nchan => {
+                let (idx, _) = &self.users[(first % self.users.len() as u64) as usize];
+                let url = self
+                    .target
+                    .endpoint(&format!("/pub/{}_{idx}", self.channel_prefix));
+                self.api.post(url).json(&body)
+            }
+        };
         let sent_ns = self.shared.now_ns().saturating_add(1);
         self.mark(first, batch, |slot| {
             slot.sent_ns.store(sent_ns, Ordering::Release);
@@ -657,7 +854,9 @@ impl Publisher {
                     slot.state.store(ACCEPTED, Ordering::Release)
                 });
                 self.counters.ok.fetch_add(1, Ordering::Relaxed);
-                self.tally_outcomes(body.as_ref());
+                if self.server == ServerKind::Belay {
+                    self.tally_outcomes(body.as_ref());
+                }
             }
             Err(message) => {
                 self.mark(first, batch, |slot| {
@@ -709,8 +908,10 @@ impl Publisher {
 #[derive(Debug, Serialize)]
 struct Report {
     scenario: &'static str,
+    server: ServerKind,
     run: String,
     url: String,
+    publish_url: String,
     users: u32,
     batch: u32,
     target_rate_rps: u32,
@@ -742,6 +943,13 @@ struct Report {
     unparsable_events: u64,
     outcomes: BTreeMap<String, u64>,
     latency: LatencySummary,
+    /// `--resume`: streams reopened with `Last-Event-ID`, failed attempts (retried), the time
+    /// from the first stream that ended to the last one reopened, and per reopened stream the
+    /// time from its end to its `unread` frame.
+    resumes: u64,
+    resume_failures: u64,
+    all_resumed_s: Option<f64>,
+    away: LatencySummary,
     /// CPU of this client during publish + drain, then over the whole run.
     client_cpu_publish: Option<CpuUsage>,
     client_cpu_total: Option<CpuUsage>,
@@ -755,6 +963,7 @@ fn build_report(
     args: &NotifyArgs,
     run: &str,
     target: &Target,
+    publish_target: &Target,
     shared: &Shared,
     published: &Published,
     stats: &[ReceiverStats],
@@ -788,10 +997,14 @@ fn build_report(
     } else {
         0.0
     };
+    let first_drop = shared.first_drop_ns.load(Ordering::Acquire);
+    let last_resume = shared.last_resume_ns.load(Ordering::Acquire);
     Ok(Report {
         scenario: "notify",
+        server: args.server,
         run: run.to_owned(),
         url: target.base().to_owned(),
+        publish_url: publish_target.base().to_owned(),
         users: args.users,
         batch: args.batch,
         target_rate_rps: args.rate,
@@ -823,6 +1036,11 @@ fn build_report(
             .unwrap_or_else(PoisonError::into_inner)
             .clone(),
         latency: LatencySummary::from_micros(&shared.latency_us.merged()?),
+        resumes: sum(|s| s.resumes),
+        resume_failures: sum(|s| s.resume_failures),
+        all_resumed_s: (first_drop > 0 && last_resume > first_drop)
+            .then(|| (last_resume - first_drop) as f64 / 1e9),
+        away: LatencySummary::from_micros(&shared.away_us.merged()?),
         client_cpu_publish: None,
         client_cpu_total: None,
         session_errors: session_errors.sorted(),
@@ -839,7 +1057,10 @@ impl Report {
 
     fn print(&self) {
         println!();
-        println!("belay-load notify  run={}  url={}", self.run, self.url);
+        println!(
+            "belay-load notify  server={:?}  run={}  url={}  publish to {}",
+            self.server, self.run, self.url, self.publish_url
+        );
         row("users", self.users);
         row(
             "sessions",
@@ -904,6 +1125,19 @@ impl Report {
             row("outcomes", outcomes.join("  "));
         }
         row("latency ms", self.latency.display());
+        if self.resumes + self.resume_failures > 0 {
+            row(
+                "resumed streams",
+                format!(
+                    "{}  failed attempts {}  first end to last resume {}",
+                    self.resumes,
+                    self.resume_failures,
+                    self.all_resumed_s
+                        .map_or_else(|| "-".to_owned(), |s| format!("{s:.3} s"))
+                ),
+            );
+            row("end to unread ms", self.away.display());
+        }
         if let Some(cpu) = &self.client_cpu_publish {
             row("client CPU publish+drain", cpu.display());
         }

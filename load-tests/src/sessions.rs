@@ -56,6 +56,11 @@ pub struct SessionArgs {
     /// on the --url port (for nginx: master and workers).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+    /// More nodes of the same Belay cluster, repeatable: client process *i* opens its sessions
+    /// on node *i* mod the number of nodes (`--url` first); broadcasts go to `--url`. Given one
+    /// `--server-pid` per node, in the same order, memory is also reported per node.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
     /// Seconds to wait, after the last publish, for broadcasts to reach every session.
     #[arg(long, default_value_t = 60, value_parser = value_parser!(u64).range(1..=3_600))]
     pub drain: u64,
@@ -106,6 +111,62 @@ pub(crate) struct Opened {
     pub client_cpu_open_s: f64,
     /// The run's tag: its users are `lt-<run>-<n>`.
     pub run: String,
+    /// With `--node`: the node (index into `--url`, `--node`…) of each client process, and
+    /// when one pid per node was given, those pids and each one's idle memory.
+    pub node_urls: Vec<String>,
+    pub node_of_worker: Vec<usize>,
+    pub node_pids: Vec<u32>,
+    pub node_idle: Vec<Memory>,
+}
+
+/// One node's memory with its share of the sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeMemory {
+    pub url: String,
+    pub pid: u32,
+    pub sessions: u64,
+    pub idle: Memory,
+    pub now: MemoryPerSession,
+}
+
+/// Each node's memory now, per session it holds beyond its idle figure (empty without one
+/// `--server-pid` per node).
+pub(crate) async fn node_memory(opened: &mut Opened) -> Result<Vec<NodeMemory>> {
+    if opened.node_pids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reports = opened.fleet.reports().await?;
+    let mut sessions = vec![0u64; opened.node_pids.len()];
+    for (worker, report) in reports.iter().enumerate() {
+        if let Some(&node) = opened.node_of_worker.get(worker) {
+            sessions[node] += report.stats.opened - report.stats.dropped;
+        }
+    }
+    Ok(opened
+        .node_pids
+        .iter()
+        .enumerate()
+        .map(|(node, &pid)| NodeMemory {
+            url: opened.node_urls[node].clone(),
+            pid,
+            sessions: sessions[node],
+            idle: opened.node_idle[node],
+            now: MemoryPerSession::new(
+                procfs::memory(&[pid]),
+                opened.node_idle[node],
+                sessions[node],
+            ),
+        })
+        .collect())
+}
+
+fn print_node_memory(label: &str, nodes: &[NodeMemory]) {
+    for node in nodes {
+        row(
+            &format!("{label} {}", node.url),
+            format!("{} sessions  {}", node.sessions, node.now.display()),
+        );
+    }
 }
 
 /// Stores `unread` notifications per user (Belay), then opens `args.sessions` sessions over
@@ -135,6 +196,14 @@ pub(crate) async fn open_all(
     }
     let server_pids = fleet::server_pids(&args.server_pids, spec.dest.port())?;
     let memory_idle = procfs::memory(&server_pids);
+    let mut node_urls = vec![spec.base.clone()];
+    node_urls.extend(args.nodes.iter().cloned());
+    let node_pids = if !args.nodes.is_empty() && args.server_pids.len() == node_urls.len() {
+        args.server_pids.clone()
+    } else {
+        Vec::new()
+    };
+    let node_idle: Vec<Memory> = node_pids.iter().map(|&p| procfs::memory(&[p])).collect();
     let shared = fleet::Shared {
         server: spec.clone(),
         run: run.clone(),
@@ -144,7 +213,23 @@ pub(crate) async fn open_all(
         climb: None,
         resume,
     };
-    let specs = fleet::specs(&shared, args.sessions, args.per_worker)?;
+    let mut specs = fleet::specs(&shared, args.sessions, args.per_worker)?;
+    let mut node_of_worker = vec![0; specs.len()];
+    if !args.nodes.is_empty() {
+        if spec.kind != ServerKind::Belay {
+            bail!("--node needs Belay nodes");
+        }
+        let mut servers = vec![spec.clone()];
+        for url in &args.nodes {
+            let node = Target::loopback(url)?;
+            let key = Some(spec.api_key.as_str());
+            servers.push(ServerSpec::resolve(spec.kind, &node, &api, key, &args.channel).await?);
+        }
+        for worker in &mut specs {
+            node_of_worker[worker.index] = worker.index % servers.len();
+            worker.server = servers[worker.index % servers.len()].clone();
+        }
+    }
     eprintln!(
         "run {run}: {} sessions to {:?} at {} over {} client processes; server pids {:?}",
         args.sessions,
@@ -185,6 +270,10 @@ pub(crate) async fn open_all(
         server_cpu_open_s,
         client_cpu_open_s,
         run,
+        node_urls,
+        node_of_worker,
+        node_pids,
+        node_idle,
     })
 }
 
@@ -588,6 +677,9 @@ struct ConnectionsReport {
     server_memory_idle: Memory,
     server_memory_connected: MemoryPerSession,
     server_memory_after_burst: Option<MemoryPerSession>,
+    /// With `--node` and a pid per node: each node connected, and after the burst.
+    nodes_connected: Vec<NodeMemory>,
+    nodes_after_burst: Vec<NodeMemory>,
     hold_s: u64,
     burst: Option<BroadcastRun>,
     errors: Vec<ErrorCount>,
@@ -603,6 +695,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         opened.memory_idle,
         sessions,
     );
+    let nodes_connected = node_memory(&mut opened).await?;
     if args.hold > 0 {
         let bar = output::bar(args.hold, "holding s");
         for _ in 0..args.hold {
@@ -634,6 +727,11 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
             sessions,
         )
     });
+    let nodes_after_burst = if burst.is_some() {
+        node_memory(&mut opened).await?
+    } else {
+        Vec::new()
+    };
     let reports = opened.fleet.reports().await?;
     let stats = opened.fleet.stats().await?;
     let (connect_hist, connect_samples) = connect_latency(&reports)?;
@@ -656,6 +754,8 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         server_memory_idle: opened.memory_idle,
         server_memory_connected: connected,
         server_memory_after_burst: after_burst,
+        nodes_connected,
+        nodes_after_burst,
         hold_s: args.hold,
         burst,
         errors: fleet::errors(&reports),
@@ -705,6 +805,8 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     if let Some(after) = &report.server_memory_after_burst {
         row("memory after burst", after.display());
     }
+    print_node_memory("connected", &report.nodes_connected);
+    print_node_memory("after burst", &report.nodes_after_burst);
     if let Some(burst) = &report.burst {
         burst.print("burst: ");
     }
@@ -740,6 +842,9 @@ struct FanoutReport {
     fanout: BroadcastRun,
     server_memory_idle: Memory,
     server_memory_after: MemoryPerSession,
+    /// With `--node` and a pid per node: each node connected, and after the broadcasts.
+    nodes_connected: Vec<NodeMemory>,
+    nodes_after: Vec<NodeMemory>,
     errors: Vec<ErrorCount>,
 }
 
@@ -749,6 +854,12 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
         bail!("--rate must be 0 (back to back) or a positive number");
     }
     let mut opened = open_all(common, args.broadcasts, 0, None).await?;
+    let nodes_connected = if opened.node_pids.is_empty() {
+        Vec::new()
+    } else {
+        tokio::time::sleep(SETTLE).await;
+        node_memory(&mut opened).await?
+    };
     let run = broadcast(
         &mut opened,
         args.broadcasts,
@@ -762,6 +873,7 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
         opened.memory_idle,
         opened.stats.opened,
     );
+    let nodes_after = node_memory(&mut opened).await?;
     let reports = opened.fleet.reports().await?;
     let report = FanoutReport {
         scenario: "fanout",
@@ -781,6 +893,8 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
         fanout: run,
         server_memory_idle: opened.memory_idle,
         server_memory_after: after,
+        nodes_connected,
+        nodes_after,
         errors: fleet::errors(&reports),
     };
     opened.fleet.stop().await;
@@ -802,6 +916,8 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
     );
     report.fanout.print("");
     row("server memory after", report.server_memory_after.display());
+    print_node_memory("connected", &report.nodes_connected);
+    print_node_memory("after", &report.nodes_after);
     common::error_rows(&report.errors);
 
     let mut distribution = Vec::new();
