@@ -265,13 +265,75 @@ async fn streams_opened_while_events_are_written_go_on_from_the_head_without_a_g
     );
 }
 
+/// An `EventSource` resumes from the last `id:` it saw. A stream that opens at the head gives one
+/// on its `unread` frame, and one that replays does not (it would skip the replay), so a client
+/// that keeps dropping before it sees a stored event, while events are written, still gets every
+/// event as its own frame in the end.
+#[actix_web::test]
+async fn a_stream_that_drops_before_its_first_stored_event_resumes_without_losing_any() {
+    const TOTAL: i64 = 200;
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=5 {
+        app.like("ana", &format!("early-{i}"), "bob").await;
+    }
+
+    // The resume point, kept across connections as an EventSource keeps it.
+    let mut last: Option<String> = None;
+    let mut stream = app.open_stream(&token, None).await;
+    let summary = stream.expect().await;
+    assert_eq!(
+        (summary.event.as_str(), summary.id.as_str()),
+        ("unread", "5"),
+        "a stream at the head opens with its resume point"
+    );
+    last = Some(summary.id).filter(|id| !id.is_empty()).or(last);
+    drop(stream);
+
+    let writer = likes_from_four_writers(&app, "ana", TOTAL);
+    let mut replayed_summaries = 0;
+    for _ in 0..20 {
+        let mut stream = app.open_stream(&token, last.as_deref()).await;
+        let summary = stream.expect().await;
+        assert_eq!(summary.event, "unread");
+        if data(&summary)["cursor"].as_i64() > Some(5) {
+            replayed_summaries += 1;
+            assert_eq!(summary.id, "", "a replay follows: no id on the summary");
+        }
+        last = Some(summary.id).filter(|id| !id.is_empty()).or(last);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await.unwrap();
+    assert!(
+        replayed_summaries > 0,
+        "events were written between the connects"
+    );
+    assert_eq!(last.as_deref(), Some("5"));
+
+    let mut stream = app.open_stream(&token, last.as_deref()).await;
+    assert_eq!(stream.expect().await.event, "unread");
+    for cursor in 6..=5 + TOTAL {
+        let event = stream.expect().await;
+        assert_eq!(
+            (event.event.as_str(), event.id),
+            ("post_liked", cursor.to_string())
+        );
+    }
+    assert!(stream.is_quiet_for(Duration::from_millis(200)).await);
+}
+
 #[actix_web::test]
 async fn a_cursor_ahead_of_the_store_restarts_at_the_head() {
     let app = spawn_app().await;
     let token = app.token("ana").await;
     app.like("ana", "p1", "bob").await;
     let mut stream = app.open_stream(&token, Some("999")).await;
-    assert_eq!(stream.expect().await.event, "unread");
+    let summary = stream.expect().await;
+    assert_eq!(summary.event, "unread");
+    assert_eq!(
+        summary.id, "1",
+        "the client's resume point moves back to the head"
+    );
     app.like("ana", "p2", "bob").await;
     assert_eq!(stream.expect().await.id, "2");
 }
@@ -298,7 +360,12 @@ async fn the_unread_summary_lists_the_newest_unread_notifications() {
     // Resuming: the count (and its cursor) covers the replayed events too, so a client that adds
     // replayed events with a cursor above it counts each unread event once.
     let mut resumed = app.open_stream(&token, Some("5")).await;
-    let unread = data(&resumed.expect().await);
+    let summary = resumed.expect().await;
+    assert_eq!(
+        summary.id, "",
+        "a replay follows: the summary moves no resume point"
+    );
+    let unread = data(&summary);
     assert_eq!(
         (unread["count"].as_i64(), unread["cursor"].as_i64()),
         (Some(12), Some(12))
