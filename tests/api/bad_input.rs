@@ -261,13 +261,31 @@ async fn unknown_paths_and_methods_get_json_errors() {
     let app = spawn_app().await;
     let response = app.client.get(app.url("/v1/nope")).send().await.unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
-    let response = app.client.get(app.url("/v1/notify")).send().await.unwrap();
-    assert_error(
-        response,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    )
-    .await;
+    // A 405 says which methods the path has (RFC 9110 section 15.5.6).
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/notify", "POST"),
+        (reqwest::Method::PUT, "/v1/events", "GET"),
+        (reqwest::Method::PATCH, "/v1/queue", "POST, DELETE"),
+        (reqwest::Method::POST, "/readyz", "GET"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some(allow),
+            "{method} {path}"
+        );
+        assert_error(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
+    }
     let response = app
         .host_post("/v1/broadcast")
         .json(&json!({"kind": "new_post", "data": {"post_id": "p", "by": "b", "title": "x".repeat(201)}}))
