@@ -34,8 +34,9 @@ pub struct NotifyItem {
     /// The kind's fields; for `post_liked`: `{"post_id", "by"}`.
     #[serde(default)]
     data: Value,
-    /// Makes a retried request create nothing new: the same key returns the first result,
-    /// as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
+    /// Makes a retried request create nothing new: the same key for the same `user_id` returns
+    /// the first result, as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
+    /// Keys are per user: the same key for another user is another notification.
     #[schema(value_type = Option<IdempotencyKey>)]
     idempotency_key: Option<String>,
 }
