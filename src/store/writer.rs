@@ -60,6 +60,9 @@ pub(crate) trait GroupTx: PlayTx {
 pub(crate) trait Backend: Send + Sync + 'static {
     async fn begin(&self) -> anyhow::Result<Box<dyn GroupTx>>;
 
+    /// A round trip on the writer's own connection(s), for readiness.
+    async fn ping(&self) -> anyhow::Result<()>;
+
     /// Whether a group that failed with `error` may succeed when run again from the start.
     fn retryable(&self, error: &anyhow::Error) -> bool {
         is_conflict(error)
@@ -274,14 +277,27 @@ impl WriteJob {
 /// The handle of a store's writer task.
 pub(crate) struct Writer {
     jobs: mpsc::Sender<WriteJob>,
+    backend: Arc<dyn Backend>,
 }
 
 impl Writer {
     /// Starts the writer task of `backend`; it ends when the last handle is dropped.
     pub(crate) fn spawn(backend: Arc<dyn Backend>) -> Writer {
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(backend, queue));
-        Writer { jobs }
+        tokio::spawn(write_loop(backend.clone(), queue));
+        Writer { jobs, backend }
+    }
+
+    /// Whether writes can be made: the task runs (a panic ends it, and then every write fails
+    /// while reads still work) and the writer's connection answers. Readiness asks this.
+    pub(crate) async fn ping(&self) -> anyhow::Result<()> {
+        if self.jobs.is_closed() {
+            anyhow::bail!("the store writer has stopped");
+        }
+        self.backend
+            .ping()
+            .await
+            .context("the store writer's connection")
     }
 
     /// A handle that does not keep the writer alive: background tasks stop with the store.
@@ -473,6 +489,51 @@ mod tests {
         assert!(
             crate::domain::UserId::parse("").is_err(),
             "no user has the padding's id"
+        );
+    }
+
+    /// A backend whose transactions panic, and whose connection answers as told.
+    struct Broken {
+        answers: bool,
+    }
+
+    #[async_trait]
+    impl Backend for Broken {
+        async fn begin(&self) -> anyhow::Result<Box<dyn GroupTx>> {
+            panic!("a bug in the write path");
+        }
+
+        async fn ping(&self) -> anyhow::Result<()> {
+            anyhow::ensure!(self.answers, "connection closed");
+            Ok(())
+        }
+    }
+
+    fn like(user: &str) -> NewEvent {
+        NewEvent {
+            user: crate::domain::UserId::parse(user).unwrap(),
+            event: crate::domain::Event::PostLiked(crate::domain::PostLiked::new(
+                crate::domain::PostId::parse("p1").unwrap(),
+                crate::domain::UserId::parse("bob").unwrap(),
+            )),
+            idempotency_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_is_not_ready_once_its_task_died_or_its_connection_fails() {
+        let writer = Writer::spawn(Arc::new(Broken { answers: true }));
+        writer.ping().await.unwrap();
+        let write = writer.apply_many(vec![(Vec::new(), vec![like("ana")])], Box::new(|_| {}));
+        assert!(write.await.is_err(), "the task panicked");
+        let error = writer.ping().await.unwrap_err();
+        assert!(format!("{error:#}").contains("stopped"), "{error:#}");
+
+        let writer = Writer::spawn(Arc::new(Broken { answers: false }));
+        let error = writer.ping().await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("connection closed"),
+            "{error:#}"
         );
     }
 
