@@ -396,8 +396,8 @@ async fn stalled_client(app: &crate::helpers::TestApp, token: &str) -> tokio::ne
     stream
 }
 
-/// Reads what the server wrote until the chunked body ends; returns the last `id:` seen.
-async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> i64 {
+/// Reads what the server wrote until the chunked body ends; returns every `id:` seen, in order.
+async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> Vec<i64> {
     use tokio::io::AsyncReadExt;
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -413,9 +413,8 @@ async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> i64 {
     }
     String::from_utf8_lossy(&seen)
         .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("id: ")?.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
+        .collect()
 }
 
 #[actix_web::test]
@@ -461,8 +460,15 @@ async fn a_client_that_does_not_read_is_closed_while_a_fast_one_keeps_receiving(
     );
     app.wait_metric("belay_sessions_open", 1).await;
 
-    // The slow client's stream ends; it resumes from what it got and misses nothing.
-    let from = read_to_end_of_body(&mut slow).await;
+    // The slow client's stream ends: what it got is every cursor from its start (the head, 0,
+    // on the opening `unread` frame) once and in order; it resumes from there and misses nothing.
+    let seen = read_to_end_of_body(&mut slow).await;
+    let from = seen.last().copied().unwrap_or_default();
+    assert_eq!(
+        seen,
+        (0..=from).collect::<Vec<_>>(),
+        "the slow client's ids"
+    );
     assert!(
         from < last,
         "the slow client fell behind ({from} of {last})"
