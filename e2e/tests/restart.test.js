@@ -1,5 +1,6 @@
 // The server is killed and started again while the host app keeps sending notifications: the
-// browser's EventSource reconnects with Last-Event-ID and the page lists every one exactly once.
+// browser's EventSource reconnects with Last-Event-ID, receives every one exactly once (counted
+// on the wire, since the page itself drops a repeated id) and the page lists each once.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, launchBrowser, climber, screenshot, sleep, API_KEY } from '../lib/harness.js';
@@ -42,7 +43,7 @@ async function sendUntilAccepted(i) {
   }
 }
 
-test('kill and restart while notifications are sent: each listed exactly once', async () => {
+test('kill and restart while notifications are sent: each received and listed exactly once', async () => {
   const kim = await climber(browser, server, 'kim');
   const states = [];
   await kim.page.exposeFunction('reportStatus', (s) => states.push(s));
@@ -50,6 +51,13 @@ test('kill and restart while notifications are sent: each listed exactly once', 
     new MutationObserver(() => window.reportStatus(document.getElementById('status').dataset.state))
       .observe(document.getElementById('status'), { attributes: true, attributeFilter: ['data-state'] });
   });
+
+  // Every message the browser's EventSource receives, as DevTools sees it on the wire: the page
+  // replaces entries by id, so its list alone could not show a frame that came twice.
+  const frames = [];
+  const cdp = await kim.context.newCDPSession(kim.page);
+  cdp.on('Network.eventSourceMessageReceived', (m) => frames.push(m));
+  await cdp.send('Network.enable');
 
   // Every stream request the browser makes, in request order, with the cursor it resumes from.
   // Last-Event-ID is only in the full headers, which can come after the request has started.
@@ -105,6 +113,12 @@ test('kill and restart while notifications are sent: each listed exactly once', 
   assert.equal(listed.length, COUNT, `listed ${listed.length} entries`);
   // Each stored notification exactly once, newest first.
   assert.deepEqual(listed, [...sent].reverse());
+  // And each arrived as exactly one frame, in cursor order: none repeated, none only inside an
+  // `unread` summary.
+  const likes = frames.filter((f) => f.eventName === 'post_liked');
+  assert.deepEqual(likes.map((f) => JSON.parse(f.data).id), sent,
+    `frames: ${likes.map((f) => f.eventId).join()}`);
+  assert.deepEqual(likes.map((f) => Number(f.eventId)), sent.map((_, i) => i + 1));
 
   // The stream that finally got through resumed from the last cursor seen before the kill.
   let timer;
