@@ -44,20 +44,23 @@ async function sendUntilAccepted(i) {
 }
 
 test('kill and restart while notifications are sent: each received and listed exactly once', async () => {
-  const kim = await climber(browser, server, 'kim');
+  // Every message the browser's EventSource receives, as DevTools sees it on the wire: the page
+  // replaces entries by id, so its list alone could not show a frame that came twice. Watched
+  // from before the page loads: DevTools reports no message of a stream opened before it looked.
+  const frames = [];
+  const kim = await climber(browser, server, 'kim', {
+    setup: async (page, context) => {
+      const cdp = await context.newCDPSession(page);
+      cdp.on('Network.eventSourceMessageReceived', (m) => frames.push(m));
+      await cdp.send('Network.enable');
+    },
+  });
   const states = [];
   await kim.page.exposeFunction('reportStatus', (s) => states.push(s));
   await kim.page.evaluate(() => {
     new MutationObserver(() => window.reportStatus(document.getElementById('status').dataset.state))
       .observe(document.getElementById('status'), { attributes: true, attributeFilter: ['data-state'] });
   });
-
-  // Every message the browser's EventSource receives, as DevTools sees it on the wire: the page
-  // replaces entries by id, so its list alone could not show a frame that came twice.
-  const frames = [];
-  const cdp = await kim.context.newCDPSession(kim.page);
-  cdp.on('Network.eventSourceMessageReceived', (m) => frames.push(m));
-  await cdp.send('Network.enable');
 
   // Every stream request the browser makes, in request order, with the cursor it resumes from.
   // Last-Event-ID is only in the full headers, which can come after the request has started.
