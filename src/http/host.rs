@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::openapi::{HostKeyRefusal, JsonBodyRefusal};
 use super::{AppState, auth::HostApp};
 use crate::domain::event::EventInputError;
-use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, UserId};
+use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, PostId, UserId};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::{AppendOutcome, NewEvent};
 
@@ -33,6 +33,7 @@ pub struct NotifyItem {
     kind: String,
     /// The kind's fields; for `post_liked`: `{"post_id", "by"}`.
     #[serde(default)]
+    #[schema(required = true, schema_with = like_data)]
     data: Value,
     /// Makes a retried request create nothing new: the same key for the same `user_id` returns
     /// the first result, as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
@@ -67,6 +68,35 @@ fn broadcast_kinds() -> Schema {
         EventKind::host_may_broadcast,
         "A kind the host app may broadcast; the others are refused (`kind_not_allowed`).",
     )
+}
+
+/// `data` of a `post_liked` from the host app; other fields are ignored.
+fn like_data() -> Schema {
+    ObjectBuilder::new()
+        .property("post_id", PostId::schema())
+        .property("by", UserId::schema())
+        .required("post_id")
+        .required("by")
+        .description(Some("For `post_liked`: the post and who liked it"))
+        .into()
+}
+
+/// `data` of a `new_post` broadcast; other fields are ignored.
+fn new_post_data() -> Schema {
+    ObjectBuilder::new()
+        .property("post_id", PostId::schema())
+        .property("by", UserId::schema())
+        .property(
+            "title",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(crate::domain::event::MAX_TITLE_CHARS)),
+        )
+        .required("post_id")
+        .required("by")
+        .required("title")
+        .description(Some("For `new_post`: the post, its author and its title"))
+        .into()
 }
 
 /// The body of `POST /v1/notify`, as `parse_notify` reads it: one item, or a batch
@@ -334,6 +364,7 @@ pub struct BroadcastRequest {
     /// The kind's fields; for `new_post`: `{"post_id", "by", "title"}`, a title of at most
     /// 200 characters.
     #[serde(default, deserialize_with = "unique_keys")]
+    #[schema(required = true, schema_with = new_post_data)]
     data: Value,
 }
 

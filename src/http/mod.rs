@@ -46,6 +46,8 @@ pub struct AppState {
     pub presence: Arc<dyn crate::cluster::Presence>,
     /// Cluster mode (`redis.url` set).
     pub cluster: Option<crate::cluster::Cluster>,
+    /// `GET /openapi.json`, with this node's limits (`openapi::document`).
+    pub openapi: String,
 }
 
 /// One per worker thread: the registry its sessions join (served by that worker's `Hub`).

@@ -211,7 +211,6 @@ async fn bad_cursors_and_list_parameters_are_refused() {
     for (query, kind) in [
         ("?after=x", "invalid_cursor"),
         ("?before=-3", "invalid_cursor"),
-        ("?after=1&before=3", "invalid_request"),
         ("?limit=0", "invalid_request"),
         ("?limit=100000", "invalid_request"),
         ("?limit=abc", "invalid_request"),
