@@ -159,6 +159,7 @@ impl Application {
             store,
             metrics: metrics.clone(),
             frames: frames.clone(),
+            openapi: crate::http::openapi::document(&settings),
             settings: settings.clone(),
         });
         let body_limit = settings.server.body_limit_bytes;

@@ -98,3 +98,87 @@ async fn the_binary_runs_from_an_empty_folder_stops_on_sigterm_and_restarts_with
     terminate(&child);
     assert!(wait_exit(&mut child).success());
 }
+
+/// Sends `request` on a new connection and returns the status line of the answer.
+async fn raw_status(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(support::process::WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// What a client gets wrong is answered with a 4xx and logged below `error`: one client must not
+/// be able to fill the error log.
+#[tokio::test]
+async fn malformed_requests_from_a_client_are_not_logged_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let base = format!("http://{address}");
+    let client = support::process::client();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_belay"))
+        .current_dir(dir.path())
+        .env("BELAY__SERVER__PORT", port.to_string())
+        .env("BELAY__SERVER__WORKERS", "2")
+        .env("BELAY__LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("belay starts");
+    let mut child = support::process::Running(child);
+    wait_ready(&client, &base).await;
+
+    let malformed: [&[u8]; 4] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/dev/token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    ];
+    for request in malformed {
+        let status = raw_status(&address, request).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{:?}: {status}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let refused = [
+        client
+            .post(format!("{base}/v1/dev/token"))
+            .header("content-type", "application/json")
+            .body("{"),
+        client
+            .get(format!("{base}/v1/events"))
+            .bearer_auth("not-a-token"),
+        client
+            .get(format!("{base}/v1/events"))
+            .header("Authorization", "Basic YTpi"),
+        client
+            .get(format!("{base}/v1/notifications?after=-1"))
+            .bearer_auth("x"),
+        client.delete(format!("{base}/v1/notify")),
+        client.get(format!("{base}/v1/nope")),
+    ];
+    for request in refused {
+        let response = request.send().await.unwrap();
+        assert!(response.status().is_client_error(), "{response:?}");
+    }
+
+    signal(&child.0, "TERM");
+    assert!(wait_exit(&mut child.0).success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut log).unwrap();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(errors.is_empty(), "logged as errors: {errors:#?}");
+    assert!(
+        log.contains(r#""level":"INFO""#),
+        "the log was captured: {log}"
+    );
+}

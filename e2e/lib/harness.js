@@ -112,11 +112,13 @@ export async function launchBrowser() {
 
 /**
  * A climber: a browser context of their own, signed in on the demo page. `viewport` defaults to a
- * phone-sized screen for one of the two climbers in most tests.
+ * phone-sized screen for one of the two climbers in most tests. `setup(page, context)` runs before
+ * the page loads, for watchers that must see its first stream.
  */
-export async function climber(browser, server, user, { viewport = { width: 1100, height: 900 } } = {}) {
+export async function climber(browser, server, user, { viewport = { width: 1100, height: 900 }, setup } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
+  if (setup) await setup(page, context);
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {

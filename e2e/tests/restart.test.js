@@ -1,5 +1,6 @@
 // The server is killed and started again while the host app keeps sending notifications: the
-// browser's EventSource reconnects with Last-Event-ID and the page lists every one exactly once.
+// browser's EventSource reconnects with Last-Event-ID, receives every one exactly once (counted
+// on the wire, since the page itself drops a repeated id) and the page lists each once.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, launchBrowser, climber, screenshot, sleep, API_KEY } from '../lib/harness.js';
@@ -42,8 +43,18 @@ async function sendUntilAccepted(i) {
   }
 }
 
-test('kill and restart while notifications are sent: each listed exactly once', async () => {
-  const kim = await climber(browser, server, 'kim');
+test('kill and restart while notifications are sent: each received and listed exactly once', async () => {
+  // Every message the browser's EventSource receives, as DevTools sees it on the wire: the page
+  // replaces entries by id, so its list alone could not show a frame that came twice. Watched
+  // from before the page loads: DevTools reports no message of a stream opened before it looked.
+  const frames = [];
+  const kim = await climber(browser, server, 'kim', {
+    setup: async (page, context) => {
+      const cdp = await context.newCDPSession(page);
+      cdp.on('Network.eventSourceMessageReceived', (m) => frames.push(m));
+      await cdp.send('Network.enable');
+    },
+  });
   const states = [];
   await kim.page.exposeFunction('reportStatus', (s) => states.push(s));
   await kim.page.evaluate(() => {
@@ -105,6 +116,12 @@ test('kill and restart while notifications are sent: each listed exactly once', 
   assert.equal(listed.length, COUNT, `listed ${listed.length} entries`);
   // Each stored notification exactly once, newest first.
   assert.deepEqual(listed, [...sent].reverse());
+  // And each arrived as exactly one frame, in cursor order: none repeated, none only inside an
+  // `unread` summary.
+  const likes = frames.filter((f) => f.eventName === 'post_liked');
+  assert.deepEqual(likes.map((f) => JSON.parse(f.data).id), sent,
+    `frames: ${likes.map((f) => f.eventId).join()}`);
+  assert.deepEqual(likes.map((f) => Number(f.eventId)), sent.map((_, i) => i + 1));
 
   // The stream that finally got through resumed from the last cursor seen before the kill.
   let timer;

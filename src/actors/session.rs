@@ -268,11 +268,18 @@ impl CatchUpJob {
                 .collect::<anyhow::Result<Vec<_>>>()?,
             None => Vec::new(),
         };
-        let summary = frame::unread(&UnreadSummary {
+        let summary = UnreadSummary {
             count,
             cursor: Some(head),
             latest,
-        })?;
+        };
+        // At the head the summary is the resume point (a stream that drops before its first
+        // stored event must not come back without one); before a replay it must not be.
+        let summary = if start == head {
+            frame::unread_at_head(&summary, head)?
+        } else {
+            frame::unread(&summary)?
+        };
         let mut outbox = self.outbox.borrow_mut();
         outbox.push_direct(summary);
         outbox.start_from(start);

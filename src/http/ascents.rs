@@ -4,29 +4,81 @@
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use serde_json::json;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{BearerRefusal, JsonBodyRefusal};
 use super::{AppState, auth::AuthUser};
-use crate::domain::grade::validate_time_ms;
+use crate::domain::grade::{MAX_TIME_MS, MIN_TIME_MS, validate_time_ms};
 use crate::domain::{AscentOutcome, AscentResult, Discipline, Grade, NewAscent, RouteId};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{Change, ChangeOutcome};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"route_id": "r1", "discipline": "boulder", "grade": "7A+"}))]
 pub struct AscentBody {
     pub route_id: RouteId,
     pub discipline: Discipline,
-    /// Boulder: Fontainebleau (`7A+`) or V-scale (`V6`); lead: French (`7a+`).
     #[serde(default)]
     pub grade: Option<String>,
-    /// Speed: the time in milliseconds.
     #[serde(default)]
     pub time_ms: Option<u64>,
 }
+
+/// A grade for boulder and lead, a time for speed: one branch each, so that the document
+/// refuses a body with neither (or the wrong one) as `log_ascent` does.
+impl PartialSchema for AscentBody {
+    fn schema() -> RefOr<Schema> {
+        let absent = || ObjectBuilder::new().schema_type(Type::Null);
+        let disciplines = |names: &[&str]| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names.to_vec()))
+        };
+        let graded = ObjectBuilder::new()
+            .property("route_id", RouteId::schema())
+            .property("discipline", disciplines(&["boulder", "lead"]))
+            .property(
+                "grade",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "Boulder: Fontainebleau (`7A+`) or V-scale (`V6`); lead: French (`7a+`)",
+                    )),
+            )
+            .property("time_ms", absent())
+            .required("route_id")
+            .required("discipline")
+            .required("grade")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+        let timed = ObjectBuilder::new()
+            .property("route_id", RouteId::schema())
+            .property("discipline", disciplines(&["speed"]))
+            .property(
+                "time_ms",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(MIN_TIME_MS))
+                    .maximum(Some(MAX_TIME_MS))
+                    .description(Some("The time in milliseconds, 1 second to 10 minutes")),
+            )
+            .property("grade", absent())
+            .required("route_id")
+            .required("discipline")
+            .required("time_ms")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(graded)
+            .item(timed)
+            .examples([json!({"route_id": "r1", "discipline": "boulder", "grade": "7A+"})])
+            .into()
+    }
+}
+
+impl ToSchema for AscentBody {}
 
 #[utoipa::path(
     post,

@@ -49,7 +49,9 @@ fn resume_cursor(req: &HttpRequest, query: &EventsQuery) -> Result<Option<Cursor
 /// - `retry: <sse.retry_ms>`: the reconnect hint, first.
 /// - `event: unread`, `data:` an `UnreadSummary` with `cursor` (the head the count was taken at:
 ///   replayed events at or below it are in `count`) and `latest` (the newest unread
-///   notifications): always next, no `id`.
+///   notifications): always next. Its `id` is the head when the stream starts there (nothing to
+///   replay), so a client that drops before its first stored event resumes from it; when a
+///   replay follows it has no `id`.
 /// - Missed events after `Last-Event-ID` (or `last_event_id`), oldest first, then live ones:
 ///   `id: <cursor>`, `event: <kind>`, `data:` a `Notification`. The `id` is the user's cursor,
 ///   which is what an `EventSource` sends back as `Last-Event-ID` when it reconnects. A collapsed

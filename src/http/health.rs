@@ -34,7 +34,8 @@ pub async fn healthz() -> HttpResponse {
     })
 }
 
-/// Readiness: the store answers. In cluster mode it also says whether the Redis bridge is up,
+/// Readiness: the store answers, for reads and for writes (its writer task runs and the
+/// writer's connection answers). In cluster mode it also says whether the Redis bridge is up,
 /// and stays 200 while it is down: the node still serves its users from the store and its own
 /// events, and taking every node out of a proxy when Redis fails would turn a degraded cluster
 /// into an outage.
@@ -45,13 +46,17 @@ pub async fn healthz() -> HttpResponse {
     responses(
         (status = 200, description = "Ready; `redis` only in cluster mode", body = HealthStatus,
             example = json!({"status": "ready", "redis": "up"})),
-        (status = 503, body = ErrorBody, description = "`unavailable`: the store is not reachable"),
+        (status = 503, body = ErrorBody, description = "`unavailable`: the store cannot be read \
+            or written"),
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.store.ping().await.map_err(|e| {
-        tracing::warn!(error = ?e, "store is not reachable");
-        ApiError::new(ErrorKind::Unavailable, "store is not reachable")
+        tracing::warn!(error = ?e, "store is not ready");
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "the store cannot be read or written",
+        )
     })?;
     let redis = state.cluster.as_ref().map(|_| {
         let up = state

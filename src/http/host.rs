@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::openapi::{HostKeyRefusal, JsonBodyRefusal};
 use super::{AppState, auth::HostApp};
 use crate::domain::event::EventInputError;
-use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, UserId};
+use crate::domain::{Cursor, Event, EventKind, IdempotencyKey, PostId, UserId};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::store::{AppendOutcome, NewEvent};
 
@@ -33,9 +33,11 @@ pub struct NotifyItem {
     kind: String,
     /// The kind's fields; for `post_liked`: `{"post_id", "by"}`.
     #[serde(default)]
+    #[schema(required = true, schema_with = like_data)]
     data: Value,
-    /// Makes a retried request create nothing new: the same key returns the first result,
-    /// as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
+    /// Makes a retried request create nothing new: the same key for the same `user_id` returns
+    /// the first result, as `duplicate`, for `limits.idempotency_ttl_secs` (a day by default).
+    /// Keys are per user: the same key for another user is another notification.
     #[schema(value_type = Option<IdempotencyKey>)]
     idempotency_key: Option<String>,
 }
@@ -66,6 +68,35 @@ fn broadcast_kinds() -> Schema {
         EventKind::host_may_broadcast,
         "A kind the host app may broadcast; the others are refused (`kind_not_allowed`).",
     )
+}
+
+/// `data` of a `post_liked` from the host app; other fields are ignored.
+fn like_data() -> Schema {
+    ObjectBuilder::new()
+        .property("post_id", PostId::schema())
+        .property("by", UserId::schema())
+        .required("post_id")
+        .required("by")
+        .description(Some("For `post_liked`: the post and who liked it"))
+        .into()
+}
+
+/// `data` of a `new_post` broadcast; other fields are ignored.
+fn new_post_data() -> Schema {
+    ObjectBuilder::new()
+        .property("post_id", PostId::schema())
+        .property("by", UserId::schema())
+        .property(
+            "title",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(crate::domain::event::MAX_TITLE_CHARS)),
+        )
+        .required("post_id")
+        .required("by")
+        .required("title")
+        .description(Some("For `new_post`: the post, its author and its title"))
+        .into()
 }
 
 /// The body of `POST /v1/notify`, as `parse_notify` reads it: one item, or a batch
@@ -171,6 +202,90 @@ fn parse_notify(body: Value, max_batch: usize) -> Result<Vec<NewEvent>, ApiError
     }
 }
 
+/// A JSON value in which no object has the same key twice, at any depth. Typed bodies refuse a
+/// repeated field through serde's derive; a body read as a `Value` would let the last
+/// `user_id` or `idempotency_key` win silently. The error is a data error, so the JSON
+/// extractor answers it like the other endpoints (400 `invalid_request`).
+pub struct UniqueKeys(pub Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate field `{}`",
+                    crate::domain::ids::truncate(&key, 40)
+                )));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// `UniqueKeys` for a field of a typed body.
+fn unique_keys<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    UniqueKeys::deserialize(deserializer).map(|UniqueKeys(value)| value)
+}
+
 /// What became of one item.
 #[derive(Serialize, ToSchema)]
 pub struct NotifyResult {
@@ -203,8 +318,8 @@ pub struct NotifyResponse {
         (status = 200, description = "Every item was a duplicate: nothing was written",
             body = NotifyResponse),
         (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
-            `invalid_request`: not an item or a batch, a batch of the wrong size, a missing or \
-            unknown field, or an invalid `user_id` or `idempotency_key`; `unknown_kind`; \
+            `invalid_request`: not an item or a batch, a batch of the wrong size, a missing, \
+            unknown or repeated field, or an invalid `user_id` or `idempotency_key`; `unknown_kind`; \
             `kind_not_allowed`: a kind produced by Belay; `invalid_data`: `data` does not fit \
             the kind. Messages of batch items start with `events[<i>]: `."),
         HostKeyRefusal,
@@ -213,10 +328,10 @@ pub struct NotifyResponse {
 )]
 pub async fn notify(
     _: HostApp,
-    body: web::Json<Value>,
+    body: web::Json<UniqueKeys>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let batch = parse_notify(body.into_inner(), state.settings.limits.max_batch)?;
+    let batch = parse_notify(body.into_inner().0, state.settings.limits.max_batch)?;
     let appended = state.notifier.notify(batch).await?;
     let created = appended.iter().any(|a| a.outcome.is_new());
     let results = appended
@@ -248,7 +363,8 @@ pub struct BroadcastRequest {
     kind: String,
     /// The kind's fields; for `new_post`: `{"post_id", "by", "title"}`, a title of at most
     /// 200 characters.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
+    #[schema(required = true, schema_with = new_post_data)]
     data: Value,
 }
 
@@ -271,7 +387,7 @@ pub struct BroadcastResponse {
     responses(
         (status = 202, description = "Sent to the connected users", body = BroadcastResponse),
         (status = 400, body = ErrorBody, description = "`invalid_json`: malformed JSON; \
-            `invalid_request`: a missing or unknown field; `unknown_kind`; `kind_not_allowed`: a \
+            `invalid_request`: a missing, unknown or repeated field; `unknown_kind`; `kind_not_allowed`: a \
             kind the host app may not broadcast; `invalid_data`: `data` does not fit the kind"),
         HostKeyRefusal,
         JsonBodyRefusal,
@@ -287,4 +403,23 @@ pub async fn broadcast(
         .map_err(|e| input_error("", e))?;
     state.notifier.broadcast(event)?;
     Ok(HttpResponse::Accepted().json(BroadcastResponse { accepted: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_keys_reads_any_json_as_serde_json_does_and_refuses_a_repeated_key() {
+        let text = r#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":{"d":18446744073709551615}}"#;
+        let UniqueKeys(value) = serde_json::from_str(text).unwrap();
+        assert_eq!(value, serde_json::from_str::<Value>(text).unwrap());
+        for repeated in [r#"{"a":1,"a":1}"#, r#"[{"b":{"c":1,"c":2}}]"#] {
+            let error = serde_json::from_str::<UniqueKeys>(repeated)
+                .err()
+                .expect("refused");
+            assert!(error.is_data(), "{error}");
+            assert!(error.to_string().starts_with("duplicate field"), "{error}");
+        }
+    }
 }

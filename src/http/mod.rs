@@ -19,7 +19,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, Route, web};
+use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{FromRequest, Handler, HttpResponse, Responder, ResponseError, Route, web};
 
 use crate::actors::{Registry, SessionLimiter};
 use crate::config::{Secrets, Settings};
@@ -48,6 +50,8 @@ pub struct AppState {
     pub cluster: Option<crate::cluster::Cluster>,
     /// The push providers, when push is on.
     pub push: Option<Arc<crate::push::actor::Providers>>,
+    /// `GET /openapi.json`, with this node's limits (`openapi::document`).
+    pub openapi: String,
 }
 
 /// One per worker thread: the registry its sessions join (served by that worker's `Hub`).
@@ -67,108 +71,134 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorKind::NotFound, "no such endpoint"))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        ErrorKind::MethodNotAllowed,
-        "method not allowed on this endpoint",
-    ))
+/// The JSON 405 of a path, with the `Allow` header that RFC 9110 requires on it.
+fn method_not_allowed(allow: &[Method]) -> Route {
+    let allow = allow
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let mut response = ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("method not allowed on this endpoint; allowed: {allow}"),
+            )
+            .error_response();
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            response
+        }
+    })
 }
 
-/// A path served by one route; other methods get a JSON 405.
-fn resource(path: &str, route: Route) -> actix_web::Resource {
+/// A path served by one method; other methods get a JSON 405.
+fn resource<F, Args>(path: &str, method: Method, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
     web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+        .default_service(method_not_allowed(std::slice::from_ref(&method)))
+        .route(web::method(method).to(handler))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
     let mut v1 = web::scope("/v1")
-        .service(resource("/events", web::get().to(events::stream)))
-        .service(resource(
-            "/notifications",
-            web::get().to(notifications::list),
-        ))
+        .service(resource("/events", Method::GET, events::stream))
+        .service(resource("/notifications", Method::GET, notifications::list))
         .service(resource(
             "/notifications/read",
-            web::post().to(notifications::mark_read),
+            Method::POST,
+            notifications::mark_read,
         ))
-        .service(resource("/notify", web::post().to(host::notify)))
-        .service(resource("/broadcast", web::post().to(host::broadcast)))
-        .service(resource("/presence", web::get().to(presence::presence)))
+        .service(resource("/notify", Method::POST, host::notify))
+        .service(resource("/broadcast", Method::POST, host::broadcast))
+        .service(resource("/presence", Method::GET, presence::presence))
         .service(
             web::resource("/queue")
                 .route(web::post().to(matchmaking::join_queue))
                 .route(web::delete().to(matchmaking::leave_queue))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(method_not_allowed(&[Method::POST, Method::DELETE])),
         )
-        .service(resource("/me/match", web::get().to(matchmaking::me_match)))
+        .service(resource("/me/match", Method::GET, matchmaking::me_match))
         .service(resource(
             "/challenges",
-            web::post().to(matchmaking::create_challenge),
+            Method::POST,
+            matchmaking::create_challenge,
         ))
         .service(resource(
             "/challenges/{id}/accept",
-            web::post().to(matchmaking::accept_challenge),
+            Method::POST,
+            matchmaking::accept_challenge,
         ))
         .service(resource(
             "/challenges/{id}/decline",
-            web::post().to(matchmaking::decline_challenge),
+            Method::POST,
+            matchmaking::decline_challenge,
         ))
         .service(resource(
             "/matches/{id}",
-            web::get().to(matchmaking::get_match),
+            Method::GET,
+            matchmaking::get_match,
         ))
         .service(resource(
             "/matches/{id}/ready",
-            web::post().to(matchmaking::ready),
+            Method::POST,
+            matchmaking::ready,
         ))
         .service(resource(
             "/matches/{id}/cancel",
-            web::post().to(matchmaking::cancel),
+            Method::POST,
+            matchmaking::cancel,
         ))
         .service(resource(
             "/matches/{id}/result",
-            web::post().to(matchmaking::report_result),
+            Method::POST,
+            matchmaking::report_result,
         ))
         .service(resource(
             "/leaderboard",
-            web::get().to(matchmaking::leaderboard),
+            Method::GET,
+            matchmaking::leaderboard,
         ))
-        .service(resource("/ascents", web::post().to(ascents::log_ascent)))
+        .service(resource("/ascents", Method::POST, ascents::log_ascent))
         .service(
             web::resource("/devices")
                 .route(web::post().to(devices::register))
                 .route(web::get().to(devices::list))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(method_not_allowed(&[Method::POST, Method::GET])),
         )
-        .service(resource("/devices/{id}", web::delete().to(devices::remove)))
-        .service(resource(
-            "/push/vapid-key",
-            web::get().to(devices::vapid_key),
-        ))
+        .service(resource("/devices/{id}", Method::DELETE, devices::remove))
+        .service(resource("/push/vapid-key", Method::GET, devices::vapid_key))
         .service(
             web::resource("/preferences")
                 .route(web::get().to(preferences::get))
                 .route(web::put().to(preferences::put))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(method_not_allowed(&[Method::GET, Method::PUT])),
         );
     if dev_tokens {
         v1 = v1
-            .service(resource("/dev/token", web::post().to(dev::token)))
-            .service(resource("/dev/config", web::get().to(dev::config)));
+            .service(resource("/dev/token", Method::POST, dev::token))
+            .service(resource("/dev/config", Method::GET, dev::config));
     }
-    cfg.service(resource("/", web::get().to(demo_page)))
+    cfg.service(resource("/", Method::GET, demo_page))
         // Browsers ask for it on every page load; an empty answer keeps their consoles clean.
         .service(resource(
             "/favicon.ico",
-            web::get().to(HttpResponse::NoContent),
+            Method::GET,
+            HttpResponse::NoContent,
         ))
-        .service(resource("/healthz", web::get().to(health::healthz)))
-        .service(resource("/readyz", web::get().to(health::readyz)))
-        .service(resource("/metrics", web::get().to(health::metrics)))
+        .service(resource("/healthz", Method::GET, health::healthz))
+        .service(resource("/readyz", Method::GET, health::readyz))
+        .service(resource("/metrics", Method::GET, health::metrics))
         .service(resource(
             "/openapi.json",
-            web::get().to(openapi::openapi_json),
+            Method::GET,
+            openapi::openapi_json,
         ))
         .service(v1)
         .default_service(web::to(not_found));

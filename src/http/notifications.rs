@@ -2,7 +2,12 @@
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
+    SchemaFormat, Type,
+};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::JsonBodyRefusal;
@@ -23,7 +28,8 @@ pub struct ListParams {
     /// Oldest first, starting after this cursor.
     #[param(value_type = Option<Cursor>)]
     after: Option<String>,
-    /// Newest first, starting below this cursor (the default: from the newest).
+    /// Newest first, starting below this cursor (the default: from the newest). With `after`:
+    /// oldest first between the two, `before` excluded.
     #[param(value_type = Option<Cursor>)]
     before: Option<String>,
     /// Page size: 1 to `limits.max_page` (200 by default); 50 when left out.
@@ -49,7 +55,8 @@ fn cursor_param(name: &str, raw: Option<&str>) -> Result<Option<Cursor>, ApiErro
     .transpose()
 }
 
-/// The user's notifications, a page at a time: newest first, or oldest first after a cursor.
+/// The user's notifications, a page at a time: newest first, or oldest first after a cursor
+/// (and below another, with both `after` and `before`).
 #[utoipa::path(
     get,
     path = "/v1/notifications",
@@ -60,8 +67,8 @@ fn cursor_param(name: &str, raw: Option<&str>) -> Result<Option<Cursor>, ApiErro
     responses(
         (status = 200, description = "A page of notifications", body = ListResponse),
         (status = 400, body = ErrorBody, description = "`invalid_request`: `limit` out of range, \
-            both `after` and `before`, or a malformed query string; `invalid_cursor`: `after` or \
-            `before` is not a non-negative integer"),
+            or a malformed query string; `invalid_cursor`: `after` or `before` is not a \
+            non-negative integer"),
         (status = 401, body = ErrorBody, description = "`unauthorized`: no valid token"),
         (status = 429, body = ErrorBody, description = "`rate_limited`: over the per-user request rate",
             headers(("Retry-After" = u64, description = "Seconds until a request is allowed"))),
@@ -81,23 +88,29 @@ pub async fn list(
     }
     let after = cursor_param("after", params.after.as_deref())?;
     let before = cursor_param("before", params.before.as_deref())?;
-    let page = match (after, before) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give after or before, not both")),
-        (Some(after), None) => Page::After(after),
-        (None, before) => Page::Newest { before },
+    let page = match after {
+        Some(after) => Page::After(after),
+        None => Page::Newest { before },
     };
     let query = ListQuery {
         page,
         unread_only: params.unread,
         limit,
     };
-    let notifications = state.store.list(&user, query).await?;
-    let unread = state.store.unread_count(&user).await?;
-    let next = if notifications.len() == limit as usize {
+    let mut notifications = state.store.list(&user, query).await?;
+    let mut next = if notifications.len() == limit as usize {
         notifications.last().map(|n| n.cursor)
     } else {
         None
     };
+    // Both: a window, read oldest first after `after` and cut at `before`; once cut, it is done.
+    if let (Some(_), Some(before)) = (after, before)
+        && notifications.last().is_some_and(|n| n.cursor >= before)
+    {
+        notifications.retain(|n| n.cursor < before);
+        next = None;
+    }
+    let unread = state.store.unread_count(&user).await?;
     Ok(HttpResponse::Ok().json(ListResponse {
         notifications,
         unread,
@@ -106,19 +119,80 @@ pub async fn list(
 }
 
 /// Exactly one of the three selectors: `{"ids":[...]}`, `{"up_to":<cursor>}` or `{"all":true}`.
-#[derive(Deserialize, ToSchema)]
+/// The others may be left out, or given as `null` (`all` as `false`).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"up_to": 7}))]
 pub struct ReadRequest {
-    /// These notifications: 1 to `limits.max_read_ids` ids (500 by default).
-    #[schema(min_items = 1)]
     ids: Option<Vec<Uuid>>,
-    /// Every notification up to and including this cursor.
     up_to: Option<Cursor>,
-    /// Every notification.
     #[serde(default)]
     all: bool,
 }
+
+/// One branch per selector, so that the document refuses what `mark_read` refuses (no selector,
+/// or two); `maxItems` of `ids` is written in from the node's settings (`openapi::document`).
+impl PartialSchema for ReadRequest {
+    fn schema() -> RefOr<Schema> {
+        let absent = || ObjectBuilder::new().schema_type(Type::Null);
+        let not_all = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .enum_values(Some([false]))
+        };
+        let ids = ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+            )
+            .min_items(Some(1))
+            .description(Some(
+                "These notifications: 1 to `limits.max_read_ids` ids (500 by default).",
+            ));
+        let up_to = RefOr::from(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .description(Some("Every notification up to and including this cursor.")),
+        );
+        let all = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .enum_values(Some([true]))
+            .description(Some("Every notification."));
+        let branch = |required: &str| {
+            ObjectBuilder::new()
+                .required(required)
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .item(
+                branch("ids")
+                    .property("ids", ids)
+                    .property("up_to", absent())
+                    .property("all", not_all()),
+            )
+            .item(
+                branch("up_to")
+                    .property("up_to", up_to)
+                    .property("ids", absent())
+                    .property("all", not_all()),
+            )
+            .item(
+                branch("all")
+                    .property("all", all)
+                    .property("ids", absent())
+                    .property("up_to", absent()),
+            )
+            .description(Some(
+                "Exactly one of `{\"ids\":[...]}`, `{\"up_to\":<cursor>}` or `{\"all\":true}`.",
+            ))
+            .examples([serde_json::json!({"up_to": 7})])
+            .into()
+    }
+}
+
+impl ToSchema for ReadRequest {}
 
 #[derive(Serialize, ToSchema)]
 pub struct ReadResponse {

@@ -1,16 +1,16 @@
 //! The OpenAPI 3.1 document of the HTTP surface, generated from the handlers' annotations and the
 //! types they send and receive, served at `GET /openapi.json`.
 
-use std::sync::OnceLock;
-
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, web};
+use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ascents, auth, dev, devices, events, health, host, matchmaking, notifications, preferences,
-    presence,
+    AppState, ascents, auth, dev, devices, events, health, host, matchmaking, notifications,
+    preferences, presence,
 };
+use crate::config::Settings;
 use crate::domain::{Broadcast, Notification, UnreadSummary};
 use crate::error::ErrorBody;
 
@@ -107,13 +107,48 @@ impl Modify for SecuritySchemes {
     operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
-pub async fn openapi_json() -> HttpResponse {
-    // Built once: the document is fixed for the life of the process.
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    let body = DOCUMENT.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default());
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(body.as_str())
+        .body(state.openapi.clone())
+}
+
+/// The document of a node with these settings: the limits that are configuration (page sizes,
+/// batch and id list lengths) are written in as the `maximum` or `maxItems` this node enforces,
+/// so a request that the document allows is one the node accepts. Built once, at start.
+pub fn document(settings: &Settings) -> String {
+    let Ok(mut doc) = serde_json::to_value(ApiDoc::openapi()) else {
+        return String::new();
+    };
+    let limits = &settings.limits;
+    if let Some(limit) = query_param(&mut doc, "/v1/leaderboard", "get", "limit") {
+        limit["schema"]["maximum"] = settings.matchmaking.max_leaderboard_page.into();
+    }
+    if let Some(limit) = query_param(&mut doc, "/v1/notifications", "get", "limit") {
+        limit["schema"]["maximum"] = limits.max_page.into();
+    }
+    if let Some(ids) = doc.pointer_mut("/components/schemas/ReadRequest/oneOf/0/properties/ids") {
+        ids["maxItems"] = limits.max_read_ids.into();
+    }
+    if let Some(events) =
+        doc.pointer_mut("/components/schemas/NotifyRequest/oneOf/1/properties/events")
+    {
+        events["maxItems"] = limits.max_batch.into();
+    }
+    doc.to_string()
+}
+
+/// The query parameter `name` of an operation.
+fn query_param<'a>(
+    doc: &'a mut Value,
+    path: &str,
+    method: &str,
+    name: &str,
+) -> Option<&'a mut Value> {
+    doc["paths"][path][method]["parameters"]
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p["name"] == name && p["in"] == "query")
 }
 
 /// Refusals of every endpoint that takes a JSON body.

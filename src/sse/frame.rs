@@ -85,6 +85,14 @@ pub fn unread(summary: &UnreadSummary) -> anyhow::Result<Bytes> {
     data_frame(None, EventKind::Unread.as_str(), summary)
 }
 
+/// The opening `unread` summary of a stream that starts at `head` with nothing to replay: its
+/// `id` is the client's resume point, so a stream that drops before its first stored event
+/// still resumes from where it began. Never for a stream that replays after it: the `id` would
+/// move the resume point past events not sent yet.
+pub fn unread_at_head(summary: &UnreadSummary, head: Cursor) -> anyhow::Result<Bytes> {
+    data_frame(Some(head.0), EventKind::Unread.as_str(), summary)
+}
+
 /// Frames that are the same for every session, encoded at startup.
 #[derive(Clone)]
 pub struct StaticFrames {
@@ -110,7 +118,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::domain::{Cursor, Event, PostId, PostLiked, UserId};
+    use crate::domain::{Event, PostId, PostLiked, UserId};
 
     fn like_at(cursor: i64) -> Notification {
         Notification {
@@ -204,5 +212,20 @@ mod tests {
         assert!(!text.contains("id:"), "{text}");
         assert!(text.contains("event: unread\n"), "{text}");
         assert!(text.contains(r#"data: {"count":3}"#), "{text}");
+    }
+
+    #[test]
+    fn an_unread_frame_at_the_head_carries_the_head_as_its_id() {
+        let summary = UnreadSummary {
+            count: 0,
+            cursor: Some(Cursor(7)),
+            latest: None,
+        };
+        let frame =
+            String::from_utf8(unread_at_head(&summary, Cursor(7)).unwrap().to_vec()).unwrap();
+        assert_eq!(
+            frame,
+            "id: 7\nevent: unread\ndata: {\"count\":0,\"cursor\":7}\n\n"
+        );
     }
 }

@@ -261,7 +261,8 @@ pub trait Store: push::PushStore + Send + Sync + 'static {
     /// Forgets idempotency keys recorded before `before`; returns how many.
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64>;
 
-    /// Cheap round trip for readiness checks.
+    /// Cheap round trips for readiness checks: a reader, and the writer (its task running and
+    /// its connection answering), since reads alone can work while every write fails.
     async fn ping(&self) -> anyhow::Result<()>;
 }
 

@@ -392,6 +392,14 @@ impl Backend for MySqlBackend {
         Ok(Box::new(MySqlTx { tx }))
     }
 
+    async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("pinging the MariaDB/MySQL writer")?;
+        Ok(())
+    }
+
     fn retryable(&self, error: &anyhow::Error) -> bool {
         retryable(error)
     }
@@ -899,6 +907,8 @@ impl Store for MySqlStore {
             .execute(&self.pool)
             .await
             .context("pinging MariaDB/MySQL")?;
+        // Reads alone would say ready while every write fails.
+        self.writes.ping().await?;
         Ok(())
     }
 }

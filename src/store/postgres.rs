@@ -261,6 +261,14 @@ impl Backend for PgBackend {
         let tx = self.pool.begin().await.context("begin write")?;
         Ok(Box::new(PgTx { tx }))
     }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("pinging the PostgreSQL writer")?;
+        Ok(())
+    }
 }
 
 /// One group's transaction.
@@ -729,6 +737,8 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await
             .context("pinging PostgreSQL")?;
+        // Reads alone would say ready while every write fails.
+        self.writes.ping().await?;
         Ok(())
     }
 }

@@ -441,6 +441,14 @@ impl Backend for SqliteBackend {
             .context("begin write")?;
         Ok(Box::new(SqliteTx { tx }))
     }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("pinging the SQLite writer")?;
+        Ok(())
+    }
 }
 
 /// One group's transaction on the writer connection.
@@ -838,6 +846,8 @@ impl Store for SqliteStore {
             .execute(&self.reader)
             .await
             .context("pinging SQLite")?;
+        // Reads alone would say ready while every write fails.
+        self.writes.ping().await?;
         Ok(())
     }
 }
@@ -845,6 +855,23 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readiness covers the writer: with its connection gone, reads still work but every write
+    /// would fail, so the store is not ready.
+    #[tokio::test]
+    async fn the_store_is_not_ready_when_its_writer_connection_is_gone() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/belay.db", dir.path().display());
+        let store = SqliteStore::connect(&url, 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.ping().await.is_ok());
+        store.writer.close().await;
+        let ana = UserId::parse("ana").unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.head(&ana).await.is_ok(), "reads still work");
+        assert!(store.ping().await.is_err(), "but the store is not ready");
+    }
 
     /// A group's writes go to SQLite in one round trip; a statement that fails late in it
     /// (here the events' rows, after the climbers' rows) leaves nothing of the group behind.

@@ -61,6 +61,9 @@ pub(crate) trait GroupTx: PlayTx {
 pub(crate) trait Backend: Send + Sync + 'static {
     async fn begin(&self) -> anyhow::Result<Box<dyn GroupTx>>;
 
+    /// A round trip on the writer's own connection(s), for readiness.
+    async fn ping(&self) -> anyhow::Result<()>;
+
     /// Whether a group that failed with `error` may succeed when run again from the start.
     fn retryable(&self, error: &anyhow::Error) -> bool {
         is_conflict(error)
@@ -296,6 +299,7 @@ impl WriteJob {
 pub(crate) struct Writer {
     jobs: mpsc::Sender<WriteJob>,
     push: FilterSlot,
+    backend: Arc<dyn Backend>,
 }
 
 impl Writer {
@@ -303,14 +307,30 @@ impl Writer {
     pub(crate) fn spawn(backend: Arc<dyn Backend>) -> Writer {
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
         let push = FilterSlot::default();
-        tokio::spawn(write_loop(backend, queue, push.clone()));
-        Writer { jobs, push }
+        tokio::spawn(write_loop(backend.clone(), queue, push.clone()));
+        Writer {
+            jobs,
+            push,
+            backend,
+        }
     }
 
     /// From now on, events the filter wants pushed get push jobs in their transaction. Set
     /// once; later calls change nothing.
     pub(crate) fn enable_push(&self, filter: Arc<dyn PushFilter>) {
         let _ = self.push.set(filter);
+    }
+
+    /// Whether writes can be made: the task runs (a panic ends it, and then every write fails
+    /// while reads still work) and the writer's connection answers. Readiness asks this.
+    pub(crate) async fn ping(&self) -> anyhow::Result<()> {
+        if self.jobs.is_closed() {
+            anyhow::bail!("the store writer has stopped");
+        }
+        self.backend
+            .ping()
+            .await
+            .context("the store writer's connection")
     }
 
     /// A handle that does not keep the writer alive: background tasks stop with the store.
@@ -506,6 +526,51 @@ mod tests {
         assert!(
             crate::domain::UserId::parse("").is_err(),
             "no user has the padding's id"
+        );
+    }
+
+    /// A backend whose transactions panic, and whose connection answers as told.
+    struct Broken {
+        answers: bool,
+    }
+
+    #[async_trait]
+    impl Backend for Broken {
+        async fn begin(&self) -> anyhow::Result<Box<dyn GroupTx>> {
+            panic!("a bug in the write path");
+        }
+
+        async fn ping(&self) -> anyhow::Result<()> {
+            anyhow::ensure!(self.answers, "connection closed");
+            Ok(())
+        }
+    }
+
+    fn like(user: &str) -> NewEvent {
+        NewEvent {
+            user: crate::domain::UserId::parse(user).unwrap(),
+            event: crate::domain::Event::PostLiked(crate::domain::PostLiked::new(
+                crate::domain::PostId::parse("p1").unwrap(),
+                crate::domain::UserId::parse("bob").unwrap(),
+            )),
+            idempotency_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_is_not_ready_once_its_task_died_or_its_connection_fails() {
+        let writer = Writer::spawn(Arc::new(Broken { answers: true }));
+        writer.ping().await.unwrap();
+        let write = writer.apply_many(vec![(Vec::new(), vec![like("ana")])], Box::new(|_| {}));
+        assert!(write.await.is_err(), "the task panicked");
+        let error = writer.ping().await.unwrap_err();
+        assert!(format!("{error:#}").contains("stopped"), "{error:#}");
+
+        let writer = Writer::spawn(Arc::new(Broken { answers: false }));
+        let error = writer.ping().await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("connection closed"),
+            "{error:#}"
         );
     }
 

@@ -40,6 +40,23 @@ async fn a_host_signed_token_works_from_header_cookie_or_query() {
     }
 }
 
+/// Authentication scheme names are case-insensitive (RFC 9110 section 11.1).
+#[actix_web::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let app = spawn_app().await;
+    let token = token_with(JWT_SECRET, "ana", 600);
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = app
+            .client
+            .get(app.url("/v1/notifications"))
+            .header("Authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
+}
+
 #[actix_web::test]
 async fn missing_bad_foreign_and_expired_tokens_get_401() {
     let app = spawn_app().await;

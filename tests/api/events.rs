@@ -265,13 +265,75 @@ async fn streams_opened_while_events_are_written_go_on_from_the_head_without_a_g
     );
 }
 
+/// An `EventSource` resumes from the last `id:` it saw. A stream that opens at the head gives one
+/// on its `unread` frame, and one that replays does not (it would skip the replay), so a client
+/// that keeps dropping before it sees a stored event, while events are written, still gets every
+/// event as its own frame in the end.
+#[actix_web::test]
+async fn a_stream_that_drops_before_its_first_stored_event_resumes_without_losing_any() {
+    const TOTAL: i64 = 200;
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    for i in 1..=5 {
+        app.like("ana", &format!("early-{i}"), "bob").await;
+    }
+
+    // The resume point, kept across connections as an EventSource keeps it.
+    let mut last: Option<String> = None;
+    let mut stream = app.open_stream(&token, None).await;
+    let summary = stream.expect().await;
+    assert_eq!(
+        (summary.event.as_str(), summary.id.as_str()),
+        ("unread", "5"),
+        "a stream at the head opens with its resume point"
+    );
+    last = Some(summary.id).filter(|id| !id.is_empty()).or(last);
+    drop(stream);
+
+    let writer = likes_from_four_writers(&app, "ana", TOTAL);
+    let mut replayed_summaries = 0;
+    for _ in 0..20 {
+        let mut stream = app.open_stream(&token, last.as_deref()).await;
+        let summary = stream.expect().await;
+        assert_eq!(summary.event, "unread");
+        if data(&summary)["cursor"].as_i64() > Some(5) {
+            replayed_summaries += 1;
+            assert_eq!(summary.id, "", "a replay follows: no id on the summary");
+        }
+        last = Some(summary.id).filter(|id| !id.is_empty()).or(last);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await.unwrap();
+    assert!(
+        replayed_summaries > 0,
+        "events were written between the connects"
+    );
+    assert_eq!(last.as_deref(), Some("5"));
+
+    let mut stream = app.open_stream(&token, last.as_deref()).await;
+    assert_eq!(stream.expect().await.event, "unread");
+    for cursor in 6..=5 + TOTAL {
+        let event = stream.expect().await;
+        assert_eq!(
+            (event.event.as_str(), event.id),
+            ("post_liked", cursor.to_string())
+        );
+    }
+    assert!(stream.is_quiet_for(Duration::from_millis(200)).await);
+}
+
 #[actix_web::test]
 async fn a_cursor_ahead_of_the_store_restarts_at_the_head() {
     let app = spawn_app().await;
     let token = app.token("ana").await;
     app.like("ana", "p1", "bob").await;
     let mut stream = app.open_stream(&token, Some("999")).await;
-    assert_eq!(stream.expect().await.event, "unread");
+    let summary = stream.expect().await;
+    assert_eq!(summary.event, "unread");
+    assert_eq!(
+        summary.id, "1",
+        "the client's resume point moves back to the head"
+    );
     app.like("ana", "p2", "bob").await;
     assert_eq!(stream.expect().await.id, "2");
 }
@@ -298,7 +360,12 @@ async fn the_unread_summary_lists_the_newest_unread_notifications() {
     // Resuming: the count (and its cursor) covers the replayed events too, so a client that adds
     // replayed events with a cursor above it counts each unread event once.
     let mut resumed = app.open_stream(&token, Some("5")).await;
-    let unread = data(&resumed.expect().await);
+    let summary = resumed.expect().await;
+    assert_eq!(
+        summary.id, "",
+        "a replay follows: the summary moves no resume point"
+    );
+    let unread = data(&summary);
     assert_eq!(
         (unread["count"].as_i64(), unread["cursor"].as_i64()),
         (Some(12), Some(12))
@@ -329,8 +396,8 @@ async fn stalled_client(app: &crate::helpers::TestApp, token: &str) -> tokio::ne
     stream
 }
 
-/// Reads what the server wrote until the chunked body ends; returns the last `id:` seen.
-async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> i64 {
+/// Reads what the server wrote until the chunked body ends; returns every `id:` seen, in order.
+async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> Vec<i64> {
     use tokio::io::AsyncReadExt;
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -346,9 +413,8 @@ async fn read_to_end_of_body(stream: &mut tokio::net::TcpStream) -> i64 {
     }
     String::from_utf8_lossy(&seen)
         .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("id: ")?.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
+        .collect()
 }
 
 #[actix_web::test]
@@ -394,8 +460,15 @@ async fn a_client_that_does_not_read_is_closed_while_a_fast_one_keeps_receiving(
     );
     app.wait_metric("belay_sessions_open", 1).await;
 
-    // The slow client's stream ends; it resumes from what it got and misses nothing.
-    let from = read_to_end_of_body(&mut slow).await;
+    // The slow client's stream ends: what it got is every cursor from its start (the head, 0,
+    // on the opening `unread` frame) once and in order; it resumes from there and misses nothing.
+    let seen = read_to_end_of_body(&mut slow).await;
+    let from = seen.last().copied().unwrap_or_default();
+    assert_eq!(
+        seen,
+        (0..=from).collect::<Vec<_>>(),
+        "the slow client's ids"
+    );
     assert!(
         from < last,
         "the slow client fell behind ({from} of {last})"

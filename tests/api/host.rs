@@ -73,6 +73,15 @@ async fn a_retried_notify_with_the_same_idempotency_key_creates_nothing_new() {
         stream.is_quiet_for(Duration::from_millis(200)).await,
         "one live event only"
     );
+
+    // Keys are per user: the same key for another user is another request.
+    let mut for_bob = body.clone();
+    for_bob["user_id"] = json!("bob");
+    let bob = app.notify(for_bob).await;
+    assert_eq!(bob.status(), StatusCode::CREATED);
+    let bob: Value = bob.json().await.unwrap();
+    assert_eq!(bob["results"][0]["outcome"], "created");
+    assert_ne!(bob["results"][0]["id"], first["results"][0]["id"]);
 }
 
 #[actix_web::test]

@@ -338,3 +338,150 @@ async fn a_served_challenge_leaderboard_and_ascent_have_exactly_the_fields_of_th
     assert_sent_as(&doc, "LeaderboardPage", &board, &[]);
     assert_sent_as(&doc, "AscentOutcome", &ascent, &[]);
 }
+
+/// The `required` lists of the branches of a component's `oneOf`.
+fn branches_require(doc: &Value, name: &str) -> Vec<BTreeSet<String>> {
+    doc["components"]["schemas"][name]["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name} has no oneOf"))
+        .iter()
+        .map(|branch| fields(doc, branch).1)
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// Requests that the document allows are accepted, and those the server refuses the document
+/// refuses too: the limits configured on this node, a body without a selector, an ascent
+/// without a grade or a time, a notify item or broadcast without `data`.
+#[actix_web::test]
+async fn the_document_allows_what_the_server_accepts_and_refuses_what_it_refuses() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.matchmaking.max_leaderboard_page = 7;
+        s.limits.max_page = 9;
+        s.limits.max_read_ids = 11;
+        s.limits.max_batch = 13;
+    })
+    .await;
+    let token = app.token("ana").await;
+    let doc = document(&app).await;
+    let limit_maximum = |path: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .map(|p| p["schema"]["maximum"].clone())
+            .unwrap()
+    };
+
+    // The page sizes and list lengths of this node's settings.
+    assert_eq!(limit_maximum("/v1/leaderboard"), 7);
+    assert_eq!(limit_maximum("/v1/notifications"), 9);
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ReadRequest"]["oneOf"][0]["properties"]["ids"]["maxItems"],
+        11
+    );
+    assert_eq!(
+        schemas["NotifyRequest"]["oneOf"][1]["properties"]["events"]["maxItems"],
+        13
+    );
+    for (path, max) in [
+        ("/v1/leaderboard?discipline=boulder&", 7),
+        ("/v1/notifications?", 9),
+    ] {
+        let at_max = app.get_as(&token, &format!("{path}limit={max}")).await;
+        assert_eq!(at_max.status(), StatusCode::OK, "{path}");
+        let over = app
+            .get_as(&token, &format!("{path}limit={}", max + 1))
+            .await;
+        assert_eq!(over.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+
+    // `after` and `before` together: a window, oldest first.
+    for i in 1..=6 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    let window = app.list(&token, "?after=1&before=5&limit=2").await;
+    let cursors = |page: &Value| -> Vec<i64> {
+        page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["cursor"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        (cursors(&window), window["next"].clone()),
+        (vec![2, 3], json!(3))
+    );
+    let rest = app.list(&token, "?after=3&before=5&limit=2").await;
+    assert_eq!(
+        (cursors(&rest), rest["next"].clone()),
+        (vec![4], Value::Null)
+    );
+
+    // Exactly one selector to mark read; `{}` matches no branch, and the server refuses it.
+    assert_eq!(
+        branches_require(&doc, "ReadRequest"),
+        [set(&["ids"]), set(&["up_to"]), set(&["all"])]
+    );
+    let empty = app
+        .client
+        .post(app.url("/v1/notifications/read"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+
+    // An ascent has a grade (boulder, lead) or a time (speed).
+    let ascent = branches_require(&doc, "AscentBody");
+    assert_eq!(
+        ascent,
+        [
+            set(&["route_id", "discipline", "grade"]),
+            set(&["route_id", "discipline", "time_ms"])
+        ]
+    );
+    let neither = post_status(
+        &app,
+        &token,
+        "/v1/ascents",
+        json!({"route_id": "r1", "discipline": "boulder"}),
+    )
+    .await;
+    assert_eq!(neither, StatusCode::BAD_REQUEST);
+
+    // `data` is required of a notify item and of a broadcast.
+    for name in ["NotifyItem", "BroadcastRequest"] {
+        let (_, required) = fields(&doc, &schemas[name]);
+        assert!(required.contains("data"), "{name}: {required:?}");
+    }
+    let no_data = app
+        .notify(json!({"user_id": "ana", "kind": "post_liked"}))
+        .await;
+    assert_eq!(no_data.status(), StatusCode::BAD_REQUEST);
+    let no_data = app
+        .host_post("/v1/broadcast")
+        .json(&json!({"kind": "new_post"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_data.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn post_status(app: &TestApp, token: &str, path: &str, body: Value) -> StatusCode {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

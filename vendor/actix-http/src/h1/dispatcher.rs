@@ -21,7 +21,7 @@ use tokio::{
     time::sleep_until,
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
-use tracing::{error, trace};
+use tracing::{debug, error, trace};
 
 use super::{
     codec::Codec,
@@ -1496,7 +1496,13 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // Belay patch: a malformed request is the client's fault (it got a
+                            // 400); logged as an error, any client could fill the error log.
+                            if matches!(err, DispatchError::Parse(_)) {
+                                debug!("stream error: {}", &err);
+                            } else {
+                                error!("stream error: {}", &err);
+                            }
                             return Poll::Ready(Err(err));
                         }
 
