@@ -632,3 +632,27 @@ async fn a_browser_gets_its_push_encrypted_to_its_subscription_and_signed_with_v
     )
     .await;
 }
+
+#[actix_web::test]
+async fn the_service_worker_is_served_as_javascript_at_the_root_of_the_site() {
+    let app = crate::helpers::spawn_app().await;
+
+    let response = app.client.get(app.url("/sw.js")).send().await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    // Browsers refuse to register a worker served with any other type.
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/javascript"),
+        "{content_type}"
+    );
+    let script = response.text().await.unwrap();
+    for handler in [
+        "'push'",
+        "showNotification",
+        "'notificationclick'",
+        "openWindow",
+    ] {
+        assert!(script.contains(handler), "the worker lacks {handler}");
+    }
+}
