@@ -1,6 +1,6 @@
 // Test harness: a real `belay` process on a loopback port with its own SQLite file, headless
 // Chromium driven by playwright-core, and small helpers for the host API.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, openSync, closeSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -95,28 +95,50 @@ async function kill(server, signal) {
   clearTimeout(timer);
 }
 
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
 /**
  * Headless Chromium from the system package. playwright-core gives every launch a fresh, empty
  * profile folder of its own (and removes it on close).
  */
 export async function launchBrowser() {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+}
+
+/**
+ * One browser context on a profile folder, as a climber's own browser is: Chromium offers Web Push
+ * only outside incognito, and every `launchBrowser()` context is incognito. Closing the context
+ * removes the folder.
+ */
+export async function launchProfileBrowser({ viewport = { width: 1100, height: 900 } } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'belay-e2e-profile-'));
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, viewport,
   });
+  const close = context.close.bind(context);
+  context.close = async () => {
+    await close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return context;
 }
 
 /**
  * A climber: a browser context of their own, signed in on the demo page. `viewport` defaults to a
- * phone-sized screen for one of the two climbers in most tests. `setup(page, context)` runs before
- * the page loads, for watchers that must see its first stream.
+ * phone-sized screen for one of the two climbers in most tests; other options (`timezoneId`, ...)
+ * go to the browser context. `setup(page, context)` runs before the page loads, for watchers that
+ * must see its first stream.
  */
-export async function climber(browser, server, user, { viewport = { width: 1100, height: 900 }, setup } = {}) {
-  const context = await browser.newContext({ viewport });
+export async function climber(browser, server, user, { viewport = { width: 1100, height: 900 }, setup, ...options } = {}) {
+  const context = await browser.newContext({ viewport, ...options });
+  return signIn(context, server, user, { setup });
+}
+
+/** Opens the demo page in `context` and signs `user` in; problems collects the page's errors. */
+export async function signIn(context, server, user, { setup } = {}) {
   const page = await context.newPage();
   if (setup) await setup(page, context);
   const problems = [];
@@ -144,6 +166,26 @@ export async function hostNotify(server, body) {
   const json = await r.json();
   if (!r.ok) throw new Error(`notify: ${r.status} ${JSON.stringify(json)}`);
   return json;
+}
+
+/** A new VAPID key pair from `belay vapid-keys`, both halves unpadded base64url. */
+export function vapidKeys() {
+  const out = execFileSync(BIN, ['vapid-keys'], { encoding: 'utf8' });
+  const privateKey = /VAPID_PRIVATE_KEY=(\S+)/.exec(out)?.[1];
+  const publicKey = /public key[^:]*:\s*(\S+)/.exec(out)?.[1];
+  if (!privateKey || !publicKey) throw new Error(`belay vapid-keys printed: ${out}`);
+  return { privateKey, publicKey };
+}
+
+/** A climber's bearer token from the dev sign-in, for calling the API beside their page. */
+export async function devToken(server, user) {
+  const r = await fetch(server.url + '/v1/dev/token', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user_id: user }),
+  });
+  if (!r.ok) throw new Error(`dev token: ${r.status} ${await r.text()}`);
+  return (await r.json()).token;
 }
 
 export async function screenshot(page, name) {

@@ -67,6 +67,15 @@ async fn demo_page() -> HttpResponse {
         .body(DEMO_PAGE)
 }
 
+const SERVICE_WORKER: &str = include_str!("../../static/sw.js");
+
+/// The demo page's service worker (Web Push). At the root, its scope is the whole site.
+async fn service_worker() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(SERVICE_WORKER)
+}
+
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorKind::NotFound, "no such endpoint"))
 }
@@ -186,6 +195,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev_tokens: bool) {
             .service(resource("/dev/config", Method::GET, dev::config));
     }
     cfg.service(resource("/", Method::GET, demo_page))
+        .service(resource("/sw.js", Method::GET, service_worker))
         // Browsers ask for it on every page load; an empty answer keeps their consoles clean.
         .service(resource(
             "/favicon.ico",

@@ -701,3 +701,27 @@ async fn a_kind_muted_on_the_live_stream_moves_the_cursor_but_sends_no_event() {
     assert!(!text.contains("event: post_liked"), "{text}");
     assert!(text.contains("id: 2\nevent: route_completed"), "{text}");
 }
+
+#[actix_web::test]
+async fn the_service_worker_is_served_as_javascript_at_the_root_of_the_site() {
+    let app = crate::helpers::spawn_app().await;
+
+    let response = app.client.get(app.url("/sw.js")).send().await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    // Browsers refuse to register a worker served with any other type.
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/javascript"),
+        "{content_type}"
+    );
+    let script = response.text().await.unwrap();
+    for handler in [
+        "'push'",
+        "showNotification",
+        "'notificationclick'",
+        "openWindow",
+    ] {
+        assert!(script.contains(handler), "the worker lacks {handler}");
+    }
+}
