@@ -51,8 +51,9 @@ impl Nginx {
             .collect();
         let locations = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/belay.conf");
         let prefix = dir.path().display();
+        // One process (no master): the guard's kill then leaves no orphaned worker behind.
         let conf = format!(
-            "user root;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n\
+            "user root;\nmaster_process off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n    access_log off;\n    client_body_temp_path {prefix}/body;\n    \
              proxy_temp_path {prefix}/proxy;\n    upstream belay_nodes {{\n{servers}        keepalive 32;\n    }}\n    \
