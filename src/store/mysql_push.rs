@@ -15,7 +15,7 @@ use super::mysql::{
     COLUMNS, MySqlStore, from_ms, notification_from_row, opt_text, push_list, text, to_ms, user_of,
 };
 use super::push::{
-    Device, JobRow, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct,
+    Device, JobRow, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, by_user, distinct,
 };
 use super::writer::{look_up, padded};
 use crate::domain::UserId;
@@ -118,13 +118,7 @@ pub(super) async fn preferences_of(
     for row in &rows {
         found.insert(text(row, "user_id")?, text(row, "body")?);
     }
-    Ok(users
-        .into_iter()
-        .filter_map(|user| {
-            let body = found.remove(user.as_str())?;
-            Some((user, body))
-        })
-        .collect())
+    Ok(by_user(users, found))
 }
 
 #[async_trait]

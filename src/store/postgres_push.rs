@@ -12,7 +12,9 @@ use sqlx::postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
 use super::postgres::{COLUMNS, PgStore, from_ms, notification_from_row, to_ms};
-use super::push::{Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct};
+use super::push::{
+    Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, by_user, distinct,
+};
 use super::writer::look_up;
 use crate::domain::UserId;
 
@@ -50,13 +52,7 @@ pub(super) async fn preferences_of(
     for row in &rows {
         found.insert(row.try_get("user_id")?, row.try_get("body")?);
     }
-    Ok(users
-        .into_iter()
-        .filter_map(|user| {
-            let body = found.remove(user.as_str())?;
-            Some((user, body))
-        })
-        .collect())
+    Ok(by_user(users, found))
 }
 
 #[async_trait]

@@ -246,6 +246,20 @@ pub(crate) fn assemble(
         .collect()
 }
 
+/// The answer of a batched preferences read: the stored body of each asked climber who has one.
+pub(crate) fn by_user(
+    users: Vec<UserId>,
+    mut found: std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<UserId, String> {
+    users
+        .into_iter()
+        .filter_map(|user| {
+            let body = found.remove(user.as_str())?;
+            Some((user, body))
+        })
+        .collect()
+}
+
 /// Distinct ids, sorted: the `IN` lists of the reads after a take.
 pub(crate) fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<String> {
     let mut ids: Vec<Uuid> = ids.collect();

@@ -10,7 +10,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::push::{Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, distinct};
+use super::push::{
+    Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, by_user, distinct,
+};
 use super::sqlite::{COLUMNS, SqliteStore, from_ms, notification_from_row, push_list, to_ms};
 use super::writer::{look_up, padded};
 use crate::domain::UserId;
@@ -51,13 +53,7 @@ pub(super) async fn preferences_of(
     for row in &rows {
         found.insert(row.try_get("user_id")?, row.try_get("body")?);
     }
-    Ok(users
-        .into_iter()
-        .filter_map(|user| {
-            let body = found.remove(user.as_str())?;
-            Some((user, body))
-        })
-        .collect())
+    Ok(by_user(users, found))
 }
 
 #[async_trait]
