@@ -204,7 +204,12 @@ async fn an_offline_climber_is_pushed_through_fcm_with_the_cursor_to_resume_from
     for value in message["data"].as_object().unwrap().values() {
         assert!(value.is_string(), "FCM takes string data only: {value}");
     }
-    assert!(!message["notification"]["title"].as_str().unwrap().is_empty());
+    assert!(
+        !message["notification"]["title"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
     assert!(message["android"]["ttl"].as_str().unwrap().ends_with('s'));
     app.wait_metric(
         "belay_push_sends_total{provider=\"fcm\",outcome=\"sent\"}",
