@@ -114,7 +114,7 @@ start_server() {
     BELAY__PUSH__FCM__BASE_URL=http://127.0.0.1:$FAKE_PORT \
     BELAY__PUSH__GRACE_MS=0 \
     BELAY__PUSH__POLL_MS=50 \
-    RUST_LOG=warn "$BELAY_BIN" 2>"$WORK/belay.log" &
+    RUST_LOG=warn "$BELAY_BIN" >"$WORK/belay.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 200); do
         if curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return; fi
@@ -148,7 +148,7 @@ for run in $(seq "$RUNS"); do
                 --live-seconds "$LIVE_SECONDS" --drain 120 "${load_flags[@]}" \
                 --out "$OUT/$name.json" | tee -a "$OUT/$name.txt" || true
             echo "after: $(uptime | sed 's/.*load average: //')" | tee -a "$OUT/$name.txt"
-            grep -c . "$WORK/belay.log" | sed 's/^/belay log lines: /' | tee -a "$OUT/$name.txt"
+            grep -ci warn "$WORK/belay.log" | sed "s/^/belay warnings: /" | tee -a "$OUT/$name.txt" || true
             stop
         done
     done
