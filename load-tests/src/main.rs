@@ -4,6 +4,7 @@
 mod adapter;
 mod common;
 mod compare;
+mod fakefcm;
 mod fleet;
 mod lean;
 mod matchmaking;
@@ -11,6 +12,7 @@ mod notify;
 mod output;
 mod pair;
 mod procfs;
+mod push;
 mod reconnect;
 mod sessions;
 mod simulate;
@@ -52,6 +54,12 @@ enum Scenario {
     /// Feed the pairing pool (no server) with simulated arrivals and compare Belay's default
     /// policy with grid-searched linear and step policies, FIFO and a 15-second batch.
     Simulate(simulate::SimulateArgs),
+    /// Offline climbers with one FCM device each get a wave of events; report pushes per second
+    /// at the fake FCM, event-to-push latency, server memory, and the live SSE latency of
+    /// online users during the wave.
+    Push(push::PushArgs),
+    /// Run a fake OAuth token endpoint and a fake FCM on a loopback port (for `push`).
+    FakeFcm(fakefcm::FakeFcmArgs),
     /// Print Belay / Nchan ratios from `connections` and `fanout` result files.
     Compare(compare::CompareArgs),
     /// One client process of a multi-process run (started by the scenarios themselves).
@@ -69,6 +77,8 @@ fn main() -> ExitCode {
         // CPU-bound and single-shot: no runtime needed.
         Scenario::Simulate(args) => simulate::run(args),
         Scenario::Compare(args) => compare::run(&args),
+        // Runs its own actix system for the fake's HTTP server.
+        Scenario::FakeFcm(args) => fakefcm::run(args),
         scenario => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|runtime| runtime.block_on(run(scenario))),
@@ -92,7 +102,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Fanout(args) => sessions::fanout(args).await,
         Scenario::Reconnect(args) => reconnect::run(args).await,
         Scenario::Matchmaking(args) => matchmaking::run(args).await,
-        Scenario::Simulate(_) | Scenario::Compare(_) | Scenario::Worker(_) => {
+        Scenario::Push(args) => push::run(args).await,
+        Scenario::Simulate(_)
+        | Scenario::Compare(_)
+        | Scenario::Worker(_)
+        | Scenario::FakeFcm(_) => {
             anyhow::bail!("not an async scenario")
         }
     }

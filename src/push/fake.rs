@@ -119,9 +119,20 @@ impl FakeServer {
     /// Starts on `127.0.0.1:0`; `respond` answers each request after it is recorded. Needs an
     /// actix system (`#[actix_web::test]`).
     pub fn start(respond: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+        FakeServer::start_on(0, true, respond)
+    }
+
+    /// Starts on `127.0.0.1:port` (0: any free port); without `keep`, requests are answered
+    /// but not kept, so a long run does not grow the fake ([`FakeServer::requests`] stays
+    /// empty).
+    pub fn start_on(
+        port: u16,
+        keep: bool,
+        respond: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let respond: Arc<Responder> = Arc::new(respond);
-        let state = (recorded.clone(), respond);
+        let state = (recorded.clone(), respond, keep);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
@@ -129,7 +140,7 @@ impl FakeServer {
         })
         .workers(1)
         .disable_signals()
-        .bind(("127.0.0.1", 0))
+        .bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = server.addrs()[0];
         let server = server.run();
@@ -169,7 +180,7 @@ impl Drop for FakeServer {
     }
 }
 
-type State = (Arc<Mutex<Vec<Recorded>>>, Arc<Responder>);
+type State = (Arc<Mutex<Vec<Recorded>>>, Arc<Responder>, bool);
 
 async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
     let recorded = Recorded {
@@ -187,9 +198,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             .collect(),
         body: body.to_vec(),
     };
-    let (log, respond) = state.get_ref();
+    let (log, respond, keep) = state.get_ref();
     let reply = respond(&recorded);
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(recorded);
+    if *keep {
+        log.lock().unwrap_or_else(|p| p.into_inner()).push(recorded);
+    }
     if !reply.delay.is_zero() {
         actix_web::rt::time::sleep(reply.delay).await;
     }
