@@ -499,9 +499,14 @@ async fn push_jobs_commit_with_their_events_and_two_nodes_never_take_the_same_on
             expected,
             "{name}: a lease that passed frees its jobs"
         );
-        for job in &expired {
-            a.finish_push_job(job.id).await.unwrap();
-        }
+        let ids: Vec<i64> = expired.iter().map(|job| job.id).collect();
+        a.finish_push_jobs(&ids[..1]).await.unwrap();
+        assert_eq!(
+            a.push_jobs_waiting().await.unwrap(),
+            expected as u64 - 1,
+            "{name}: one finished"
+        );
+        a.finish_push_jobs(&ids[1..]).await.unwrap();
         assert_eq!(a.push_jobs_waiting().await.unwrap(), 0, "{name}");
     }
 }

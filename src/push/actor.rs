@@ -151,6 +151,9 @@ pub struct PushActor {
     wake: Arc<Wake>,
     slots: Arc<Semaphore>,
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Jobs done with, deleted in batches by [`finisher`]: a send's slot is free as soon as the
+    /// provider answered, and a wave of pushes costs a delete per batch, not per push.
+    done: tokio::sync::mpsc::UnboundedSender<i64>,
 }
 
 /// Stops a node's PushActor: it takes no more jobs; sends in flight finish. A job it took but
@@ -192,6 +195,8 @@ impl PushActor {
         }));
         let providers = Arc::new(providers);
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (done, finished) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(finisher(store.clone(), finished));
         let actor = Arc::new(PushActor {
             store,
             presence,
@@ -202,6 +207,7 @@ impl PushActor {
             wake,
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             stop: stopped,
+            done,
         });
         tokio::spawn(actor.clone().run());
         tokio::spawn(actor.housekeeping());
@@ -308,7 +314,7 @@ impl PushActor {
             };
             if let Some(reason) = skip {
                 self.metrics.push.skipped(reason);
-                self.finish(job.id).await;
+                self.finish(job.id);
                 continue;
             }
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
@@ -340,7 +346,7 @@ impl PushActor {
         self.metrics.push.sent(provider, outcome.label());
         let device = job.device.id;
         match outcome {
-            Outcome::Sent | Outcome::Expired => self.finish(job.id).await,
+            Outcome::Sent | Outcome::Expired => self.finish(job.id),
             Outcome::RemoveDevice { reason } => {
                 tracing::info!(%device, provider, reason, "push token is dead; device removed");
                 if let Err(error) = self.store.delete_device(None, device).await {
@@ -349,7 +355,7 @@ impl PushActor {
             }
             Outcome::Failed { reason } => {
                 tracing::warn!(%device, provider, reason, "push refused; not retried");
-                self.finish(job.id).await;
+                self.finish(job.id);
             }
             Outcome::Retry(retry) => {
                 let delay = retry.delay(job.attempts, rand::random::<f64>());
@@ -409,7 +415,7 @@ impl PushActor {
         let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         if due >= message.expires_at {
             self.metrics.push.sent(provider_of(job), "expired");
-            self.finish(job.id).await;
+            self.finish(job.id);
             return;
         }
         let attempts = job.attempts.saturating_add(1);
@@ -419,11 +425,10 @@ impl PushActor {
         }
     }
 
-    async fn finish(&self, id: i64) {
-        if let Err(error) = self.store.finish_push_job(id).await {
-            // The lease runs out and the job is taken again, then dropped or sent again.
-            tracing::warn!(error = %format!("{error:#}"), "finishing a push job failed");
-        }
+    fn finish(&self, id: i64) {
+        // Fails only once the finisher is gone (the process is ending): the job's lease passes
+        // and it is taken again, then dropped or sent again.
+        let _ = self.done.send(id);
     }
 
     /// Samples the waiting-jobs gauge and prunes devices not seen for too long.
@@ -455,6 +460,21 @@ impl PushActor {
                 },
             }
         }
+    }
+}
+
+/// Job ids deleted at most per statement.
+const FINISH_BATCH: usize = 256;
+
+/// Deletes finished jobs, whatever is waiting at once in one statement.
+async fn finisher(store: Arc<dyn Store>, mut finished: tokio::sync::mpsc::UnboundedReceiver<i64>) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    while finished.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+        if let Err(error) = store.finish_push_jobs(&batch).await {
+            // Their leases pass and they are taken again: dropped or sent again, never lost.
+            tracing::warn!(error = %format!("{error:#}"), jobs = batch.len(), "finishing push jobs failed");
+        }
+        batch.clear();
     }
 }
 

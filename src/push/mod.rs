@@ -27,8 +27,9 @@ pub use message::{PushMessage, Urgency, push_worthy_by_default};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one provider request may take, answer included; a send that runs out is retried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Idle provider connections kept per host: enough for a burst, few enough to stay polite.
-pub const POOL_IDLE_PER_HOST: usize = 32;
+/// Idle provider connections kept per host: as many as sends in flight by default
+/// (`push.concurrency`), so an HTTP/1.1 push service is not reconnected to for every push.
+pub const POOL_IDLE_PER_HOST: usize = 256;
 
 /// First backoff ceiling after a transient failure (attempt 0).
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);

@@ -16,6 +16,7 @@ use super::mysql::{
 };
 use super::push::{
     Device, JobRow, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, by_user, distinct,
+    padded_ids,
 };
 use super::writer::{look_up, padded};
 use crate::domain::UserId;
@@ -348,12 +349,15 @@ impl PushStore for MySqlStore {
         Ok(assemble(taken, devices, notifications))
     }
 
-    async fn finish_push_job(&self, id: i64) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM push_jobs WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .context("finishing a push job")?;
+    async fn finish_push_jobs(&self, ids: &[i64]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(MAX_JOB_ROWS) {
+            let mut qb = QueryBuilder::<MySql>::new("DELETE FROM push_jobs WHERE id IN ");
+            push_list(&mut qb, padded_ids(chunk));
+            qb.build()
+                .execute(&self.pool)
+                .await
+                .context("finishing push jobs")?;
+        }
         Ok(())
     }
 

@@ -232,12 +232,12 @@ impl PushStore for PgStore {
         Ok(assemble(taken, devices, notifications))
     }
 
-    async fn finish_push_job(&self, id: i64) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM push_jobs WHERE id = $1")
-            .bind(id)
+    async fn finish_push_jobs(&self, ids: &[i64]) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM push_jobs WHERE id = ANY($1)")
+            .bind(ids)
             .execute(&self.pool)
             .await
-            .context("finishing a push job")?;
+            .context("finishing push jobs")?;
         Ok(())
     }
 

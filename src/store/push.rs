@@ -167,8 +167,8 @@ pub trait PushStore: Send + Sync {
         limit: u32,
     ) -> anyhow::Result<Vec<PushJob>>;
 
-    /// Deletes a job: sent, or given up.
-    async fn finish_push_job(&self, id: i64) -> anyhow::Result<()>;
+    /// Deletes jobs: sent, or given up.
+    async fn finish_push_jobs(&self, ids: &[i64]) -> anyhow::Result<()>;
 
     /// Puts a job back, due at `due_at`, with its attempt count.
     async fn retry_push_job(
@@ -258,6 +258,13 @@ pub(crate) fn by_user(
             Some((user, body))
         })
         .collect()
+}
+
+/// Job ids padded with 0 (no job's id) to a power of two: a handful of statement shapes.
+pub(crate) fn padded_ids(ids: &[i64]) -> Vec<i64> {
+    let mut padded = ids.to_vec();
+    padded.resize(ids.len().max(1).next_power_of_two(), 0);
+    padded
 }
 
 /// Distinct ids, sorted: the `IN` lists of the reads after a take.

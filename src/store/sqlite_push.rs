@@ -12,10 +12,14 @@ use uuid::Uuid;
 
 use super::push::{
     Device, NewDevice, Platform, PushJob, PushStore, TakenRow, assemble, by_user, distinct,
+    padded_ids,
 };
 use super::sqlite::{COLUMNS, SqliteStore, from_ms, notification_from_row, push_list, to_ms};
 use super::writer::{look_up, padded};
 use crate::domain::UserId;
+
+/// Job ids one delete names at most.
+const MAX_FINISH_BATCH: usize = 256;
 
 const DEVICE_COLUMNS: &str = "id, user_id, platform, token, p256dh, auth, created_at, last_seen";
 
@@ -259,12 +263,15 @@ impl PushStore for SqliteStore {
         Ok(assemble(taken, devices, notifications))
     }
 
-    async fn finish_push_job(&self, id: i64) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM push_jobs WHERE id = ?1")
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .context("finishing a push job")?;
+    async fn finish_push_jobs(&self, ids: &[i64]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(MAX_FINISH_BATCH) {
+            let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM push_jobs WHERE id IN ");
+            push_list(&mut qb, padded_ids(chunk));
+            qb.build()
+                .execute(&self.writer)
+                .await
+                .context("finishing push jobs")?;
+        }
         Ok(())
     }
 
