@@ -6,8 +6,8 @@
 #   faults   the same with 1% dead tokens (404 UNREGISTERED) and 5% of sends answered 503;
 #   baseline the live notifies alone (devices registered, no wave).
 # Push settings: grace_ms=0, poll_ms=50, concurrency as configured (CONCURRENCY overrides it).
-# Before each row it waits until no other benchmark's belay-load runs (WAIT_FOR, a path
-# fragment of their command line) and records `uptime`. Loopback only; every process is
+# Before each row it records `uptime`, and with WAIT_FOR set (a fragment of another
+# benchmark's command line) waits until no such belay-load runs. Loopback only; every process is
 # bounded in time and stopped at the end, every database dropped.
 #
 # Usage: load-tests/push.sh          (settings below, as environment variables)
@@ -25,7 +25,7 @@ LATENCY_MS=${LATENCY_MS:-50}
 CONCURRENCY=${CONCURRENCY:-}
 PORT=${PORT:-18280}
 FAKE_PORT=${FAKE_PORT:-18281}
-WAIT_FOR=${WAIT_FOR:-/work/wt-bench}
+WAIT_FOR=${WAIT_FOR:-}
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$ROOT/load-tests/results/push-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-push.XXXXXX)
@@ -66,6 +66,7 @@ fi
 
 wait_for_quiet() {
     local waited=0
+    [[ -z "$WAIT_FOR" ]] && return 0
     while pgrep -af belay-load | grep -F -- "$WAIT_FOR" >/dev/null; do
         if ((waited == 0)); then echo "waiting for the belay-load runs of $WAIT_FOR to end"; fi
         sleep 5
