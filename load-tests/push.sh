@@ -150,6 +150,7 @@ for run in $(seq "$RUNS"); do
                 --out "$OUT/$name.json" | tee -a "$OUT/$name.txt" || true
             echo "after: $(uptime | sed 's/.*load average: //')" | tee -a "$OUT/$name.txt"
             grep -ci warn "$WORK/belay.log" | sed "s/^/belay warnings: /" | tee -a "$OUT/$name.txt" || true
+            cp "$WORK/belay.log" "$OUT/$name.belay.log"
             stop
         done
     done
