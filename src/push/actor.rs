@@ -279,20 +279,24 @@ impl PushActor {
                 HashMap::new()
             }
         };
-        let mut preferences: HashMap<UserId, Preferences> = HashMap::new();
-        for user in &users {
-            if online.get(user).copied().unwrap_or(false) {
-                continue;
-            }
-            let stored = match self.store.preferences(user).await {
-                Ok(stored) => stored,
-                Err(error) => {
+        // Asked together, so the store's batching reader answers them in one query.
+        let offline: Vec<&UserId> = users
+            .iter()
+            .filter(|user| !online.get(*user).copied().unwrap_or(false))
+            .collect();
+        let reads = offline.iter().map(|user| self.store.preferences(user));
+        let stored = futures_util::future::join_all(reads).await;
+        let preferences: HashMap<UserId, Preferences> = offline
+            .into_iter()
+            .zip(stored)
+            .map(|(user, stored)| {
+                let stored = stored.unwrap_or_else(|error| {
                     tracing::warn!(error = %format!("{error:#}"), "reading preferences failed");
                     None
-                }
-            };
-            preferences.insert(user.clone(), Preferences::from_stored(stored.as_deref()));
-        }
+                });
+                (user.clone(), Preferences::from_stored(stored.as_deref()))
+            })
+            .collect();
         for job in jobs {
             if self.stopped() {
                 // Not sent: its lease passes and it falls due again, here or on another node.
