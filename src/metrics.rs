@@ -80,16 +80,6 @@ impl PushMetrics {
         }
     }
 
-    /// The count of `provider` and `outcome` (for tests and the load tool).
-    pub fn sends_of(&self, provider: &str, outcome: &str) -> u64 {
-        let p = PUSH_PROVIDERS.iter().position(|x| *x == provider);
-        let o = PUSH_OUTCOMES.iter().position(|x| *x == outcome);
-        match (p, o) {
-            (Some(p), Some(o)) => self.sends[p][o].load(Ordering::Relaxed),
-            _ => 0,
-        }
-    }
-
     fn render(&self, out: &mut String) {
         let name = "belay_push_sends_total";
         let _ = writeln!(

@@ -223,7 +223,8 @@ async fn an_offline_climber_is_pushed_through_fcm_with_the_cursor_to_resume_from
 #[actix_web::test]
 async fn a_climber_with_a_live_stream_or_who_comes_online_within_the_grace_gets_no_push() {
     let fcm = Fcm::ok();
-    let app = spawn_with_push(&fcm, 1500).await;
+    // A grace that a loaded machine cannot outrun between the like and the late connect.
+    let app = spawn_with_push(&fcm, 3000).await;
     let ana = app.token("ana").await;
     let cleo = app.token("cleo").await;
     register_fcm(&app, &ana, DEVICE).await;
@@ -238,7 +239,7 @@ async fn a_climber_with_a_live_stream_or_who_comes_online_within_the_grace_gets_
     let mut late = app.open_stream(&cleo, None).await;
     late.expect().await;
 
-    settle(1500).await;
+    settle(3000).await;
     assert!(fcm.sends().is_empty(), "{:?}", fcm.sends());
     app.wait_metric("belay_push_skipped_total{reason=\"online\"}", 1)
         .await;
