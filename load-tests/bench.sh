@@ -76,6 +76,7 @@ start_belay() {
     BELAY__AUTH__DEV_SECRETS_FILE="$dir/dev-secrets.json" \
     BELAY__SSE__MAX_SESSIONS_PER_USER=64 \
     BELAY__LIMITS__USER_REQUESTS_PER_SEC=0 \
+    BELAY__LIMITS__CONNECTIONS_PER_IP=0 \
     BELAY__LOG__FORMAT=json RUST_LOG=warn \
         "$BELAY_BIN" >"$dir/belay.log" 2>&1 &
     SERVER_PID=$!

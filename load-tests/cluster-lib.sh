@@ -44,7 +44,7 @@ start_node() {
     local port=$1
     shift
     env "$@" BELAY__SERVER__PORT="$port" BELAY__LIMITS__USER_REQUESTS_PER_SEC=0 \
-        RUST_LOG=warn "$BELAY_BIN" >>"${NODE_LOG:-/dev/stdout}" 2>&1 &
+        BELAY__LIMITS__CONNECTIONS_PER_IP=0 RUST_LOG=warn "$BELAY_BIN" >>"${NODE_LOG:-/dev/stdout}" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 200); do
         if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then

@@ -210,6 +210,8 @@ pub struct ServerSettings {
     pub workers: usize,
     pub listen_backlog: u32,
     pub body_limit_bytes: usize,
+    /// How long a request body may take to arrive, from the end of its head; 408 after.
+    pub body_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub cors_allowed_origins: Vec<String>,
 }
@@ -280,6 +282,10 @@ pub struct LimitSettings {
     pub user_requests_per_sec: u32,
     pub user_request_burst: u32,
     pub idempotency_ttl_secs: u64,
+    /// Open connections from one IP address; 0 turns the cap off.
+    pub connections_per_ip: u32,
+    /// Open connections to this process; 0 derives it from the open-file limit.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +341,10 @@ impl Settings {
         anyhow::ensure!(
             (1..=65_535).contains(&self.server.listen_backlog),
             "server.listen_backlog must be between 1 and 65535"
+        );
+        anyhow::ensure!(
+            self.server.body_timeout_secs >= 1,
+            "server.body_timeout_secs must be at least 1"
         );
         anyhow::ensure!(
             self.sse.queue_capacity >= 4,

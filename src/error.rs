@@ -15,6 +15,8 @@ pub enum ErrorKind {
     InvalidData,
     UnsupportedMediaType,
     PayloadTooLarge,
+    /// The request body did not arrive within `server.body_timeout_secs`.
+    RequestTimeout,
     Unauthorized,
     Forbidden,
     NotFound,
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::InvalidData => "invalid_data",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NotFound => "not_found",
@@ -60,6 +63,7 @@ impl ErrorKind {
             | ErrorKind::InvalidData => StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -160,6 +164,10 @@ impl ResponseError for ApiError {
         if self.kind == ErrorKind::Unauthorized {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if self.kind == ErrorKind::RequestTimeout {
+            // The rest of the body may still come: the connection cannot be reused.
+            response.force_close();
+        }
         if let Some(wait) = self.retry_after {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response.insert_header(("Retry-After", secs.max(1).to_string()));
@@ -188,6 +196,12 @@ pub mod extractors {
                 ErrorKind::PayloadTooLarge,
                 format!("body is larger than the limit of {limit} bytes"),
             ),
+            JsonPayloadError::Payload(e) if crate::http::body_deadline::is_timeout(e) => {
+                ApiError::new(
+                    ErrorKind::RequestTimeout,
+                    "the request body did not arrive in time",
+                )
+            }
             JsonPayloadError::ContentType => ApiError::new(
                 ErrorKind::UnsupportedMediaType,
                 "expected Content-Type: application/json",

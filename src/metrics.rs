@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub sessions_open: AtomicI64,
+    /// HTTP connections open on this node (SSE streams included).
+    pub connections_open: AtomicI64,
+    pub connections_refused_per_ip: AtomicU64,
+    pub connections_refused_process: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub sessions_rejected: AtomicU64,
     pub sessions_closed_slow: AtomicU64,
@@ -21,7 +25,13 @@ pub struct Metrics {
     pub queue_tickets: AtomicI64,
     pub matches_live: AtomicI64,
     pub challenges_pending: AtomicI64,
-    pub retention_deleted: AtomicU64,
+    /// Read notifications deleted by retention for their age.
+    pub retention_deleted_by_age: AtomicU64,
+    /// Read notifications deleted by retention beyond a user's newest `max_per_user`.
+    pub retention_deleted_beyond_limit: AtomicU64,
+    pub idempotency_keys_expired: AtomicU64,
+    /// The database's size in bytes (sampled by a background task).
+    pub database_size_bytes: AtomicI64,
     /// Cluster mode: 1 while this node holds the matchmaker lease.
     pub lease_holder: AtomicI64,
     pub lease_changes: AtomicU64,
@@ -257,9 +267,9 @@ impl Metrics {
                 &self.matches_made,
             ),
             (
-                "belay_retention_deleted_total",
-                "Read notifications deleted by retention",
-                &self.retention_deleted,
+                "belay_idempotency_keys_expired_total",
+                "Idempotency keys forgotten after limits.idempotency_ttl_secs",
+                &self.idempotency_keys_expired,
             ),
             (
                 "belay_matchmaker_lease_changes_total",
@@ -273,7 +283,12 @@ impl Metrics {
             ),
         ];
         let mut out = String::new();
-        let gauges: [(&str, &str, &AtomicI64); 6] = [
+        let gauges: [(&str, &str, &AtomicI64); 8] = [
+            (
+                "belay_connections_open",
+                "HTTP connections open on this node, streams included",
+                &self.connections_open,
+            ),
             (
                 "belay_sessions_open",
                 "SSE sessions open on this node",
@@ -304,6 +319,11 @@ impl Metrics {
                 "Age of the last stream command when the leader took it, in milliseconds",
                 &self.command_stream_lag_ms,
             ),
+            (
+                "belay_database_size_bytes",
+                "Space the database takes, in bytes, as its server counts it (sampled)",
+                &self.database_size_bytes,
+            ),
         ];
         write_series(
             &mut out,
@@ -315,6 +335,30 @@ impl Metrics {
             "counter",
             counters.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
         );
+        let name = "belay_retention_deleted_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Read notifications deleted by retention, by rule\n# TYPE {name} counter"
+        );
+        for (rule, counter) in [
+            ("age", &self.retention_deleted_by_age),
+            ("limit", &self.retention_deleted_beyond_limit),
+        ] {
+            let value = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{rule=\"{rule}\"}} {value}");
+        }
+        let name = "belay_connections_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections closed on accept, by the cap they were over\n# TYPE {name} counter"
+        );
+        for (cap, counter) in [
+            ("per_ip", &self.connections_refused_per_ip),
+            ("process", &self.connections_refused_process),
+        ] {
+            let value = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{cap=\"{cap}\"}} {value}");
+        }
         self.cluster.render(&mut out);
         self.push.render(&mut out);
         out

@@ -5,12 +5,13 @@ use std::cell::RefCell;
 use std::net::{TcpListener, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::Actor;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::Condition;
+use actix_web::middleware::{Condition, Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
@@ -71,15 +72,17 @@ impl Application {
         .await
         .with_context(|| format!("opening the store at {}", database.url_for_logs()))?;
         let key_lifetime = Duration::from_secs(settings.limits.idempotency_ttl_secs);
-        spawn_janitor(store.clone(), key_lifetime);
         let metrics = Arc::new(Metrics::default());
+        spawn_janitor(store.clone(), key_lifetime, metrics.clone());
+        spawn_size_sampler(store.clone(), metrics.clone());
         let counted = metrics.clone();
         store::retention::spawn(
             store.clone(),
             settings.retention.clone(),
             key_lifetime,
             move |pass| {
-                Metrics::add(&counted.retention_deleted, pass.by_age + pass.beyond_limit);
+                Metrics::add(&counted.retention_deleted_by_age, pass.by_age);
+                Metrics::add(&counted.retention_deleted_beyond_limit, pass.beyond_limit);
             },
         );
         let hubs = Arc::new(HubSet::default());
@@ -162,6 +165,8 @@ impl Application {
             openapi: crate::http::openapi::document(&settings),
             settings: settings.clone(),
         });
+        let gate = connection_gate(&settings, push_handle.is_some(), metrics.clone());
+        let body_timeout = Duration::from_secs(settings.server.body_timeout_secs);
         let body_limit = settings.server.body_limit_bytes;
         let dev_tokens = settings.auth.dev_tokens;
         let heartbeat = settings.heartbeat();
@@ -181,6 +186,10 @@ impl Application {
             .start();
             worker_hubs.add(hub);
             App::new()
+                .wrap(from_fn(move |mut req, next: Next<_>| {
+                    http::body_deadline::limit(&mut req, body_timeout);
+                    next.call(req)
+                }))
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(state.clone())
@@ -194,6 +203,7 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(extractors::path))
                 .configure(|cfg| http::routes(cfg, dev_tokens))
         })
+        .on_connect(move |connection, data| gate.on_connect(connection, data))
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
         // A client that hangs up ends its stream at once instead of at the next write.
@@ -297,8 +307,42 @@ fn cors(origins: &[String]) -> Cors {
 /// How often expired idempotency keys are deleted.
 const JANITOR_EVERY: Duration = Duration::from_secs(600);
 
+/// The caps on open connections: `limits.max_connections`, or what the open-file limit (raised
+/// to its hard limit first) leaves after the database pools, push and Redis.
+fn connection_gate(
+    settings: &Settings,
+    push: bool,
+    metrics: Arc<Metrics>,
+) -> Arc<http::connections::Gate> {
+    let limits = &settings.limits;
+    let total = match limits.max_connections {
+        0 => match http::connections::raise_open_file_limit() {
+            Ok(open_files) => {
+                let cap = http::connections::derived_cap(
+                    open_files,
+                    settings.database.max_connections,
+                    if push {
+                        settings.push.concurrency as u64
+                    } else {
+                        0
+                    },
+                    settings.redis.enabled(),
+                );
+                tracing::info!(open_files, max_connections = cap, "connection cap");
+                cap
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the open-file limit could not be read; connections are not capped");
+                u64::MAX
+            }
+        },
+        n => u64::from(n),
+    };
+    http::connections::Gate::new(total, limits.connections_per_ip, metrics)
+}
+
 /// Deletes idempotency keys older than `ttl`, now and every [`JANITOR_EVERY`].
-fn spawn_janitor(store: Arc<dyn store::Store>, ttl: Duration) {
+fn spawn_janitor(store: Arc<dyn store::Store>, ttl: Duration, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(JANITOR_EVERY);
         loop {
@@ -306,8 +350,31 @@ fn spawn_janitor(store: Arc<dyn store::Store>, ttl: Duration) {
             let before = chrono::Utc::now() - ttl;
             match store.expire_idempotency_keys(before).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
+                Ok(n) => {
+                    Metrics::add(&metrics.idempotency_keys_expired, n);
+                    tracing::info!(expired = n, "idempotency keys expired");
+                }
                 Err(error) => tracing::warn!(error = ?error, "expiring idempotency keys failed"),
+            }
+        }
+    });
+}
+
+/// How often `belay_database_size_bytes` is read from the database.
+const DATABASE_SIZE_EVERY: Duration = Duration::from_secs(60);
+
+/// Samples the database's size into the metrics, now and every [`DATABASE_SIZE_EVERY`].
+fn spawn_size_sampler(store: Arc<dyn store::Store>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DATABASE_SIZE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.database_size_bytes().await {
+                Ok(bytes) => metrics
+                    .database_size_bytes
+                    .store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed),
+                Err(error) => tracing::warn!(error = ?error, "reading the database size failed"),
             }
         }
     });

@@ -182,3 +182,138 @@ async fn malformed_requests_from_a_client_are_not_logged_as_errors() {
         "the log was captured: {log}"
     );
 }
+
+/// Raises this test process's soft open-file limit to its hard one, for the many connections a
+/// test opens.
+fn raise_own_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+/// user+system CPU time of `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// With an open-file limit of 1,024 and 1,100 streams asked for, the node admits what its
+/// derived cap allows, answers the rest 503 at once instead of failing `accept`, and serves a
+/// fresh connection again as soon as some close.
+#[tokio::test]
+async fn at_its_open_file_limit_the_node_refuses_early_and_recovers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let base = format!("http://{address}");
+    support::process::client();
+    // No idle connection kept: each request's connection is gone before the streams open.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -n 1024 && exec "$0""#,
+            env!("CARGO_BIN_EXE_belay"),
+        ])
+        .current_dir(dir.path())
+        .env("BELAY__SERVER__PORT", port.to_string())
+        .env("BELAY__SERVER__WORKERS", "2")
+        .env("BELAY__LIMITS__CONNECTIONS_PER_IP", "0")
+        .env("BELAY__LIMITS__USER_REQUESTS_PER_SEC", "0")
+        .env("BELAY__SSE__MAX_SESSIONS_PER_USER", "2000")
+        .env("BELAY__LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("belay starts");
+    let mut child = support::process::Running(child);
+    wait_ready(&client, &base).await;
+    let token = json_of(
+        client
+            .post(format!("{base}/v1/dev/token"))
+            .json(&json!({"user_id": "ana"})),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request =
+        format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+
+    let mut streams = Vec::new();
+    let (mut admitted, mut refused) = (0, 0);
+    for _ in 0..1_100 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        // A refused connection may be closed before the request is written.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut head = [0u8; 12];
+        match tokio::time::timeout(support::process::WAIT, stream.read_exact(&mut head)).await {
+            Ok(Ok(_)) if &head == b"HTTP/1.1 200" => {
+                admitted += 1;
+                streams.push(stream);
+            }
+            Ok(Ok(_)) if &head == b"HTTP/1.1 503" => refused += 1,
+            other => panic!("neither a stream nor a refusal: {other:?} {head:?}"),
+        }
+    }
+    let pid = child.0.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let idle_ticks = cpu_ticks(pid) - before;
+    println!("admitted {admitted}, refused {refused}; CPU at the limit: {idle_ticks} ticks in 3 s");
+    assert!(
+        refused > 0 && admitted > 500,
+        "admitted {admitted}, refused {refused}"
+    );
+    assert_eq!(admitted + refused, 1_100);
+
+    // At the cap a fresh connection is refused; once some streams close it is served.
+    let at_cap = client.get(format!("{base}/healthz")).send().await;
+    assert!(
+        at_cap.map_or(true, |r| r.status() == 503),
+        "served above the cap"
+    );
+    streams.truncate(streams.len() - 20);
+    let deadline = std::time::Instant::now() + support::process::WAIT;
+    loop {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fresh connection was served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    drop(streams);
+    signal(&child.0, "TERM");
+    assert!(wait_exit(&mut child.0).success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains(r#""open_files":1024"#),
+        "the cap was derived from the limit: {log}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(errors.is_empty(), "logged as errors: {errors:#?}");
+}

@@ -3,6 +3,8 @@
 
 pub mod ascents;
 pub mod auth;
+pub mod body_deadline;
+pub mod connections;
 pub mod dev;
 pub mod devices;
 pub mod events;

@@ -261,6 +261,10 @@ pub trait Store: push::PushStore + Send + Sync + 'static {
     /// Forgets idempotency keys recorded before `before`; returns how many.
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> anyhow::Result<u64>;
 
+    /// The space the database takes, in bytes, as the server counts it: SQLite's pages,
+    /// PostgreSQL's `pg_database_size`, MariaDB/MySQL's data and index lengths.
+    async fn database_size_bytes(&self) -> anyhow::Result<u64>;
+
     /// Cheap round trips for readiness checks: a reader, and the writer (its task running and
     /// its connection answering), since reads alone can work while every write fails.
     async fn ping(&self) -> anyhow::Result<()>;

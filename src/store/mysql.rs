@@ -902,6 +902,18 @@ impl Store for MySqlStore {
         Ok(result.rows_affected())
     }
 
+    async fn database_size_bytes(&self) -> anyhow::Result<u64> {
+        // InnoDB's figures are estimates, refreshed as its statistics are.
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
+             FROM information_schema.tables WHERE table_schema = DATABASE()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("reading the MariaDB/MySQL database size")?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -732,6 +732,14 @@ impl Store for PgStore {
         Ok(result.rows_affected())
     }
 
+    async fn database_size_bytes(&self) -> anyhow::Result<u64> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the PostgreSQL database size")?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -841,6 +841,16 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn database_size_bytes(&self) -> anyhow::Result<u64> {
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .context("reading the SQLite database size")?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod connections;
 mod events;
 mod helpers;
 mod host;

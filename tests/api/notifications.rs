@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 fn cursors(list: &Value) -> Vec<i64> {
     list["notifications"]
@@ -90,4 +90,30 @@ async fn a_user_never_sees_or_changes_another_users_notifications() {
         0
     );
     assert_eq!(app.list(&ana, "?unread=true").await["unread"], 1);
+}
+
+#[actix_web::test]
+async fn metrics_show_the_database_size_and_the_rows_retention_deleted() {
+    let app = spawn_app_with(|settings| {
+        settings.retention.max_per_user = 1;
+        settings.retention.every_secs = 1;
+        settings.limits.idempotency_ttl_secs = 1;
+    })
+    .await;
+    let token = app.token("ana").await;
+    for i in 1..=3 {
+        app.like("ana", &format!("p{i}"), "bob").await;
+    }
+    app.mark_read(&token, json!({"all": true})).await;
+
+    // Read, older than the key lifetime and beyond the newest one: two go, the newest stays.
+    app.wait_metric("belay_retention_deleted_total{rule=\"limit\"}", 2)
+        .await;
+    assert_eq!(
+        app.metric("belay_retention_deleted_total{rule=\"age\"}")
+            .await,
+        0
+    );
+    assert_eq!(cursors(&app.list(&token, "").await), [3]);
+    assert!(app.metric("belay_database_size_bytes").await > 0);
 }
