@@ -109,6 +109,45 @@ pub enum GradeScale {
     French,
 }
 
+/// Every character `str::trim` removes (Unicode `White_Space`), as literal characters in a
+/// regular-expression class, so the class means the same in JSON Schema (ECMA-262), Python and
+/// Rust.
+const TRIMMED: &str = "\t\n\u{b}\u{c}\r \u{85}\u{a0}\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
+
+/// A regular expression that matches exactly the text [`Grade::parse`] accepts for `discipline`
+/// (none for speed), for the OpenAPI document: every grade of the discipline's scales, letters
+/// in either case, surrounding whitespace allowed.
+pub fn pattern(discipline: Discipline) -> Option<String> {
+    let grades: Vec<&str> = match discipline {
+        Discipline::Boulder => FONT
+            .iter()
+            .chain(V_SCALE.iter().map(|(v, _)| v))
+            .copied()
+            .collect(),
+        Discipline::Lead => FRENCH.to_vec(),
+        Discipline::Speed => return None,
+    };
+    let alternatives: Vec<String> = grades
+        .iter()
+        .map(|grade| {
+            grade
+                .chars()
+                .map(|c| match c {
+                    '+' => "\\+".to_owned(),
+                    c if c.is_ascii_alphabetic() => {
+                        format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+                    }
+                    c => c.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Some(format!(
+        "^[{TRIMMED}]*(?:{})[{TRIMMED}]*$",
+        alternatives.join("|")
+    ))
+}
+
 /// A validated grade. `Display` prints its normalized text (`7A+`, `V5`, `7a+`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grade {
@@ -204,6 +243,37 @@ pub fn validate_time_ms(ms: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The document's pattern for a discipline matches exactly what `Grade::parse` accepts.
+        #[test]
+        fn the_pattern_matches_exactly_the_accepted_grades(
+            raw in "[3-9vVbB01a-dA-D+ \t\u{a0}\u{2003}x]{0,6}",
+        ) {
+            for discipline in [Discipline::Boulder, Discipline::Lead] {
+                let pattern = regex::Regex::new(&pattern(discipline).unwrap()).unwrap();
+                prop_assert_eq!(
+                    pattern.is_match(&raw),
+                    Grade::parse(discipline, &raw).is_ok(),
+                    "{:?} {:?}", discipline, raw
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_grade_of_a_table_matches_its_pattern_in_either_case() {
+        let boulder = regex::Regex::new(&pattern(Discipline::Boulder).unwrap()).unwrap();
+        let lead = regex::Regex::new(&pattern(Discipline::Lead).unwrap()).unwrap();
+        for grade in FONT.iter().chain(V_SCALE.iter().map(|(v, _)| v)) {
+            assert!(boulder.is_match(grade) && boulder.is_match(&grade.to_lowercase()));
+        }
+        for grade in FRENCH {
+            assert!(lead.is_match(grade) && lead.is_match(&format!(" {} ", grade.to_uppercase())));
+        }
+        assert!(pattern(Discipline::Speed).is_none());
+    }
 
     fn boulder(raw: &str) -> Grade {
         Grade::parse(Discipline::Boulder, raw).unwrap()

@@ -116,22 +116,41 @@ id_type!(
 );
 
 /// Position of an event in one user's stream; the SSE `id`. Starts at 1 and only grows.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(minimum = 0)]
 pub struct Cursor(pub i64);
+
+/// A JSON integer; `16710.0` too, since JSON Schema's `integer` (and so the OpenAPI document)
+/// counts a number with a zero fraction as one.
+impl<'de> serde::Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Integer;
+        impl serde::de::Visitor<'_> for Integer {
+            type Value = Cursor;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer cursor")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Cursor, E> {
+                Ok(Cursor(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Cursor, E> {
+                i64::try_from(v)
+                    .map(Cursor)
+                    .map_err(|_| E::custom("cursor out of range"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Cursor, E> {
+                // i64::MAX as f64 rounds up to 2^63, so the upper bound is exclusive.
+                if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+                    Ok(Cursor(v as i64))
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Integer)
+    }
+}
 
 impl Cursor {
     /// The position before the first event.
@@ -171,6 +190,18 @@ pub fn truncate(raw: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_is_read_from_a_json_integer_or_an_integral_number() {
+        let read = |json: &str| serde_json::from_str::<Cursor>(json).map_err(|e| e.to_string());
+        assert_eq!(read("16710"), Ok(Cursor(16710)));
+        assert_eq!(read("16710.0"), Ok(Cursor(16710)));
+        assert_eq!(read("-3"), Ok(Cursor(-3)));
+        assert!(read("1.5").is_err());
+        assert!(read("1e300").is_err());
+        assert!(read("9223372036854775808").is_err());
+        assert!(read("\"7\"").is_err());
+    }
 
     #[test]
     fn user_ids_accept_names_emails_and_uuids() {

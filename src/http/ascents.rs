@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::openapi::{BearerRefusal, JsonBodyRefusal};
 use super::{AppState, auth::AuthUser};
-use crate::domain::grade::{MAX_TIME_MS, MIN_TIME_MS, validate_time_ms};
+use crate::domain::grade::{self, MAX_TIME_MS, MIN_TIME_MS, validate_time_ms};
 use crate::domain::{AscentOutcome, AscentResult, Discipline, Grade, NewAscent, RouteId};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{Change, ChangeOutcome};
@@ -38,22 +38,23 @@ impl PartialSchema for AscentBody {
                 .schema_type(Type::String)
                 .enum_values(Some(names.to_vec()))
         };
-        let graded = ObjectBuilder::new()
-            .property("route_id", RouteId::schema())
-            .property("discipline", disciplines(&["boulder", "lead"]))
-            .property(
-                "grade",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some(
-                        "Boulder: Fontainebleau (`7A+`) or V-scale (`V6`); lead: French (`7a+`)",
-                    )),
-            )
-            .property("time_ms", absent())
-            .required("route_id")
-            .required("discipline")
-            .required("grade")
-            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+        let graded = |discipline: Discipline, scales: &str| {
+            ObjectBuilder::new()
+                .property("route_id", RouteId::schema())
+                .property("discipline", disciplines(&[discipline.as_str()]))
+                .property(
+                    "grade",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(grade::pattern(discipline))
+                        .description(Some(scales)),
+                )
+                .property("time_ms", absent())
+                .required("route_id")
+                .required("discipline")
+                .required("grade")
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        };
         let timed = ObjectBuilder::new()
             .property("route_id", RouteId::schema())
             .property("discipline", disciplines(&["speed"]))
@@ -71,7 +72,15 @@ impl PartialSchema for AscentBody {
             .required("time_ms")
             .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
         OneOfBuilder::new()
-            .item(graded)
+            .item(graded(
+                Discipline::Boulder,
+                "Fontainebleau (`3` to `9A`, such as `7A+`) or V-scale (`VB` to `V17`); letters in \
+                 either case",
+            ))
+            .item(graded(
+                Discipline::Lead,
+                "French sport grade, `4a` to `9c+` (such as `7a+`); letters in either case",
+            ))
             .item(timed)
             .examples([json!({"route_id": "r1", "discipline": "boulder", "grade": "7A+"})])
             .into()

@@ -5,23 +5,25 @@
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde_json::json;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::openapi::{BearerRefusal, JsonBodyRefusal};
 use super::{AppState, auth::AuthUser};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
-use crate::push::fcm::FcmToken;
-use crate::push::webpush::{EndpointPolicy, Subscription, SubscriptionJson};
+use crate::push::fcm::{self, FcmToken};
+use crate::push::webpush::{
+    AUTH_BYTES, EndpointPolicy, MAX_ENDPOINT_BYTES, P256DH_BYTES, Subscription, SubscriptionJson,
+};
 use crate::store::push::{Device, NewDevice, Platform};
 
 /// A registration: an FCM token, or a Web Push subscription as the browser's
 /// `PushSubscription.toJSON()` gives it.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"platform": "webpush", "subscription": {
-    "endpoint": "https://push.example/send/abc",
-    "keys": {"p256dh": "BNc…", "auth": "tBH…"}}}))]
 pub struct DeviceBody {
     /// `fcm` or `webpush`.
     pub platform: String,
@@ -30,9 +32,89 @@ pub struct DeviceBody {
     pub token: Option<String>,
     /// `webpush`: the subscription (`expirationTime` is accepted and ignored).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub subscription: Option<SubscriptionJson>,
 }
+
+/// One branch per platform, with the shapes `parse_device` checks. That `keys.p256dh` is a
+/// point on the P-256 curve is beyond JSON Schema: the description says it.
+impl PartialSchema for DeviceBody {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let platform = |name: &str| string().enum_values(Some([name]));
+        let closed = || Some(AdditionalProperties::<Schema>::FreeForm(false));
+        let absent = || ObjectBuilder::new().schema_type(Type::Null);
+        let base64url = |bytes: usize| {
+            // Unpadded, or padded to a multiple of four.
+            let chars = (bytes * 4).div_ceil(3);
+            let padding = (4 - chars % 4) % 4;
+            format!("^[A-Za-z0-9_-]{{{chars}}}(={{{padding}}})?$")
+        };
+        let fcm = ObjectBuilder::new()
+            .property("platform", platform("fcm"))
+            .property(
+                "token",
+                string()
+                    .pattern(Some("^[A-Za-z0-9_:./+=-]+$"))
+                    .max_length(Some(fcm::MAX_TOKEN_BYTES))
+                    .description(Some("The FCM registration token")),
+            )
+            .property("subscription", absent())
+            .required("platform")
+            .required("token")
+            .additional_properties(closed());
+        let keys = ObjectBuilder::new()
+            .property(
+                "p256dh",
+                string()
+                    .pattern(Some(base64url(P256DH_BYTES)))
+                    .description(Some(
+                        "The browser's ECDH public key: an uncompressed point on the P-256 curve \
+                     (65 bytes), base64url",
+                    )),
+            )
+            .property(
+                "auth",
+                string()
+                    .pattern(Some(base64url(AUTH_BYTES)))
+                    .description(Some("The authentication secret (16 bytes), base64url")),
+            )
+            .required("p256dh")
+            .required("auth");
+        let subscription = ObjectBuilder::new()
+            .property(
+                "endpoint",
+                string()
+                    .pattern(Some(
+                        "^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/%-]*)?$",
+                    ))
+                    .max_length(Some(MAX_ENDPOINT_BYTES))
+                    .description(Some("The push service's URL for this browser: https")),
+            )
+            .property("keys", keys)
+            .property(
+                "expirationTime",
+                ObjectBuilder::new().description(Some("Accepted and ignored, as other fields are")),
+            )
+            .required("endpoint")
+            .required("keys");
+        let webpush = ObjectBuilder::new()
+            .property("platform", platform("webpush"))
+            .property("subscription", subscription)
+            .property("token", absent())
+            .required("platform")
+            .required("subscription")
+            .additional_properties(closed());
+        OneOfBuilder::new()
+            .item(fcm)
+            .item(webpush)
+            .examples([json!({"platform": "webpush", "subscription": {
+                "endpoint": "https://push.example/send/abc",
+                "keys": {"p256dh": "BNc…", "auth": "tBH…"}}})])
+            .into()
+    }
+}
+
+impl ToSchema for DeviceBody {}
 
 /// A registered device, as its climber sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -200,6 +282,7 @@ pub async fn list(
 #[utoipa::path(
     delete,
     path = "/v1/devices/{id}",
+    operation_id = "remove_device",
     tag = "user",
     summary = "Removes one of the caller's devices",
     params(("id" = Uuid, Path, description = "The device id")),

@@ -78,7 +78,11 @@ fn resume_cursor(req: &HttpRequest, query: &EventsQuery) -> Result<Option<Cursor
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The stream, open until the client or the server ends it",
+        (status = 200, description = "The stream, open until the client or the server ends it. \
+            Each frame's `event:` is its kind and its `data:` one JSON object: `unread` first \
+            (`UnreadSummary`); a stored event as a `Notification`, with `id:` its cursor; a \
+            broadcast as a `Broadcast`, without `id:`. The kinds and their `data` are the \
+            `*Event` schemas (`MatchFoundEvent`, …). A muted kind's frame is `id:` alone.",
             content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody,
             description = "`invalid_cursor`: `Last-Event-ID` (or `last_event_id`) is not a \

@@ -2,7 +2,7 @@
 //! types they send and receive, served at `GET /openapi.json`.
 
 use actix_web::{HttpResponse, web};
-use serde_json::Value;
+use serde_json::{Value, json};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -135,7 +135,159 @@ pub fn document(settings: &Settings) -> String {
     {
         events["maxItems"] = limits.max_batch.into();
     }
+    describe_preferences(&mut doc, settings);
+    name_event_kinds(&mut doc);
+    add_links(&mut doc);
     doc.to_string()
+}
+
+/// One named schema per event kind (`MatchFoundEvent`, …): the branches of `Event`, which the
+/// stream's frames, the notification list and broadcasts all carry.
+fn name_event_kinds(doc: &mut Value) {
+    let Some(branches) = doc
+        .pointer_mut("/components/schemas/Event/oneOf")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let mut named = Vec::new();
+    for branch in branches.iter_mut() {
+        let Some(kind) = branch
+            .pointer("/properties/kind/enum/0")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let name: String = kind
+            .split('_')
+            .map(|word| {
+                let mut chars = word.chars();
+                chars.next().map_or_else(String::new, |first| {
+                    first.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            })
+            .chain(["Event".to_owned()])
+            .collect();
+        let reference = json!({ "$ref": format!("#/components/schemas/{name}") });
+        let mut schema = std::mem::replace(branch, reference);
+        schema["description"] =
+            format!("`{kind}`: the SSE `event:` name and the `kind` field").into();
+        named.push((name, schema));
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        schemas.extend(named);
+    }
+}
+
+/// What `PUT /v1/preferences` accepts, exactly: kinds by name (`push: false` for those this
+/// node never pushes, `push.kinds`), IANA time zones, `HH:MM` times.
+fn describe_preferences(doc: &mut Value, settings: &Settings) {
+    let Some(body) = doc.pointer_mut("/components/schemas/PreferencesBody/properties") else {
+        return;
+    };
+    let pushable = settings.push.push_kinds().unwrap_or_default();
+    let kinds: serde_json::Map<String, Value> = crate::domain::preferences::settable_kinds()
+        .map(|kind| {
+            let push = if pushable.contains(&kind) {
+                json!({"type": "boolean"})
+            } else {
+                json!({"type": "boolean", "enum": [false],
+                    "description": "This server never pushes this kind (`push.kinds`)"})
+            };
+            let setting = json!({
+                "type": "object",
+                "properties": {"live": {"type": "boolean"}, "push": push},
+                "required": ["live", "push"],
+                "additionalProperties": false,
+            });
+            (kind.as_str().to_owned(), setting)
+        })
+        .collect();
+    let description = body["kinds"]["description"].clone();
+    body["kinds"] = json!({
+        "type": "object",
+        "description": description,
+        "properties": kinds,
+        "additionalProperties": false,
+    });
+    let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    body["time_zone"]["enum"] = json!(zones);
+    if let Some(types) = body["time_zone"]["type"].as_array()
+        && types.iter().any(|t| t == "null")
+    {
+        // `null` stays allowed: it means the default, UTC.
+        body["time_zone"]["enum"]
+            .as_array_mut()
+            .into_iter()
+            .for_each(|e| e.push(Value::Null));
+    }
+    let time = json!({"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"});
+    if let Some(quiet) = doc.pointer_mut("/components/schemas/QuietHoursBody/properties") {
+        for field in ["start", "end"] {
+            let description = quiet[field]["description"].clone();
+            quiet[field] = time.clone();
+            quiet[field]["description"] = description;
+        }
+    }
+}
+
+/// OpenAPI links from the answers that carry a match or challenge id to the operations that
+/// take it, so that a client (or a stateful test) can follow a duel from one call to the next.
+fn add_links(doc: &mut Value) {
+    let link = |operation: &str, pointer: &str| json!({"operationId": operation, "parameters": {"id": format!("$response.body#{pointer}")}});
+    let match_ops = |pointer: &str| {
+        json!({
+            "GetMatch": link("get_match", pointer),
+            "ReadyMatch": link("ready_match", pointer),
+            "CancelMatch": link("cancel_match", pointer),
+            "ReportResult": link("report_result", pointer),
+        })
+    };
+    let challenge_ops = |pointer: &str| {
+        json!({
+            "AcceptChallenge": link("accept_challenge", pointer),
+            "DeclineChallenge": link("decline_challenge", pointer),
+        })
+    };
+    let mut me = match_ops("/match/match_id");
+    if let (Some(me), Value::Object(incoming)) = (
+        me.as_object_mut(),
+        challenge_ops("/challenges/incoming/0/challenge_id"),
+    ) {
+        me.extend(incoming);
+    }
+    let links = [
+        ("/v1/me/match", "get", "200", me.clone()),
+        ("/v1/queue", "post", "201", me),
+        (
+            "/v1/challenges",
+            "post",
+            "201",
+            challenge_ops("/challenge_id"),
+        ),
+        (
+            "/v1/challenges/{id}/accept",
+            "post",
+            "200",
+            match_ops("/match_id"),
+        ),
+        (
+            "/v1/matches/{id}/ready",
+            "post",
+            "200",
+            match_ops("/match_id"),
+        ),
+    ];
+    for (path, method, status, links) in links {
+        let response = &mut doc["paths"][path][method]["responses"][status];
+        if response.is_object() {
+            response["links"] = links;
+        }
+    }
 }
 
 /// The query parameter `name` of an operation.
@@ -154,6 +306,10 @@ fn query_param<'a>(
 /// Refusals of every endpoint that takes a JSON body.
 #[derive(utoipa::IntoResponses)]
 pub enum JsonBodyRefusal {
+    /// `request_timeout`: the body did not arrive within `server.body_timeout_secs` (10 s by
+    /// default) of the request's head; the connection is closed
+    #[response(status = 408)]
+    TimedOut(ErrorBody<'static>),
     /// `payload_too_large`: body over `server.body_limit_bytes` (64 KiB by default)
     #[response(status = 413)]
     TooLarge(ErrorBody<'static>),

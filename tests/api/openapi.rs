@@ -184,6 +184,21 @@ async fn the_document_lists_every_endpoint_with_its_method() {
     for reference in found {
         resolve(&doc, reference);
     }
+    // One schema per kind of event, which the stream's frames carry.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let kinds: Vec<&String> = schemas
+        .keys()
+        .filter(|k| k.ends_with("Event") && *k != "Event")
+        .collect();
+    assert_eq!(kinds.len(), 18, "{kinds:?}");
+    let found = &schemas["MatchFoundEvent"];
+    assert_eq!(found["properties"]["kind"]["enum"], json!(["match_found"]));
+    assert!(
+        found["properties"]["data"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ready_deadline"))
+    );
 }
 
 #[actix_web::test]
@@ -274,12 +289,59 @@ async fn every_refusal_is_an_error_body_and_every_climber_endpoint_takes_a_beare
     }
 }
 
+/// The links `names` of a response each name an operation of the document that takes an `id`
+/// in its path, and their `$response.body#…` pointers find a value in `served`.
+fn assert_links_resolve(
+    doc: &Value,
+    (path, method, status): (&str, &str, &str),
+    names: &[&str],
+    served: &Value,
+) {
+    let links = doc["paths"][path][method]["responses"][status]["links"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{method} {path} {status} has links"));
+    let operations: BTreeMap<&str, &Value> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .unwrap()
+                .values()
+                .map(move |op| (op["operationId"].as_str().unwrap_or(p), op))
+        })
+        .collect();
+    for name in names {
+        let link = &links[*name];
+        let target = operations
+            .get(link["operationId"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("{name}: no operation {}", link["operationId"]));
+        assert!(
+            target["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "id" && p["in"] == "path"),
+            "{name} targets an operation without an id"
+        );
+        let pointer = link["parameters"]["id"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("$response.body#")
+            .unwrap();
+        let value = served.pointer(pointer);
+        assert!(
+            value.is_some_and(Value::is_string),
+            "{name}: {pointer} finds nothing in {served}"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn a_served_match_and_standing_have_exactly_the_fields_of_their_schemas() {
     let app = spawn_app().await;
     let ana = app.token("ana").await;
     let bob = app.token("bob").await;
-
     let queued = post_json(&app, &ana, "/v1/queue", json!({"discipline": "boulder"})).await;
     post_json(&app, &bob, "/v1/queue", json!({"discipline": "boulder"})).await;
     let standing = get_json(&app, &ana, "/v1/me/match").await;
@@ -298,6 +360,13 @@ async fn a_served_match_and_standing_have_exactly_the_fields_of_their_schemas() 
     assert_sent_as(&doc, "ChallengeLists", &standing["challenges"], &[]);
     assert_eq!(standing["match"], served);
     assert_eq!(served["status"], "ready_check");
+    let match_links = ["GetMatch", "ReadyMatch", "CancelMatch", "ReportResult"];
+    assert_links_resolve(
+        &doc,
+        ("/v1/me/match", "get", "200"),
+        &match_links,
+        &standing,
+    );
     assert_sent_as(&doc, "Match", &served, &[]);
     let players = served["players"].as_array().unwrap();
     assert_eq!(players.len(), 2);
@@ -335,6 +404,19 @@ async fn a_served_challenge_leaderboard_and_ascent_have_exactly_the_fields_of_th
 
     assert_sent_as(&doc, "Challenge", &challenge, &[]);
     assert_eq!(standing["challenges"]["incoming"][0], challenge);
+    let challenge_links = ["AcceptChallenge", "DeclineChallenge"];
+    assert_links_resolve(
+        &doc,
+        ("/v1/challenges", "post", "201"),
+        &challenge_links,
+        &challenge,
+    );
+    assert_links_resolve(
+        &doc,
+        ("/v1/me/match", "get", "200"),
+        &challenge_links,
+        &standing,
+    );
     assert_sent_as(&doc, "LeaderboardPage", &board, &[]);
     assert_sent_as(&doc, "AscentOutcome", &ascent, &[]);
 }
@@ -439,11 +521,23 @@ async fn the_document_allows_what_the_server_accepts_and_refuses_what_it_refuses
         .unwrap();
     assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
 
-    // An ascent has a grade (boulder, lead) or a time (speed).
+    // An ascent has a grade (boulder, lead: one branch each, with its scale's pattern) or a
+    // time (speed).
     let ascent = branches_require(&doc, "AscentBody");
+    let grade_pattern = |branch: usize| {
+        let pattern = doc["components"]["schemas"]["AscentBody"]["oneOf"][branch]["properties"]
+            ["grade"]["pattern"]
+            .as_str()
+            .unwrap();
+        regex::Regex::new(pattern).unwrap()
+    };
+    assert!(grade_pattern(0).is_match("7a+") && grade_pattern(0).is_match("V5"));
+    assert!(!grade_pattern(0).is_match("7a++") && !grade_pattern(0).is_match(""));
+    assert!(grade_pattern(1).is_match("6B+") && !grade_pattern(1).is_match("V5"));
     assert_eq!(
         ascent,
         [
+            set(&["route_id", "discipline", "grade"]),
             set(&["route_id", "discipline", "grade"]),
             set(&["route_id", "discipline", "time_ms"])
         ]
