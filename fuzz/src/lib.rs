@@ -565,7 +565,7 @@ pub fn device(data: &[u8]) {
                 };
                 match Subscription::parse(&stored, policy) {
                     Ok(again) => assert_eq!(again, first, "the stored row reads back otherwise"),
-                    Err(e) => panic!("the stored row {stored:?} is refused: {e}"),
+                    Err(e) => panic!("the stored row of an accepted device is refused: {e}"),
                 }
                 match Subscription::parse(&first.to_json(), policy) {
                     Ok(again) => assert_eq!(again, first),
