@@ -16,12 +16,15 @@
 //! - [`cluster`]: the matchmaker lease in Redis and the command stream to its leader.
 //! - [`domain`]: validated ids and the event catalogue.
 //! - [`error`], [`metrics`], [`telemetry`]: the JSON error type, counters, logging.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`.
 
 pub mod actors;
 pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod matchmaking;
 pub mod metrics;

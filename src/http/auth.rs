@@ -105,7 +105,7 @@ struct TokenQuery {
 
 /// The token of an `Authorization: Bearer <token>` value. The scheme name is case-insensitive
 /// (RFC 9110 section 11.1, formerly RFC 7235), so `bearer` and `BEARER` are the same scheme.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -113,7 +113,7 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn token_from(req: &HttpRequest) -> Option<String> {
+pub(crate) fn token_from(req: &HttpRequest) -> Option<String> {
     if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         return bearer_token(value.to_str().ok()?).map(str::to_owned);
     }

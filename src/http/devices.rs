@@ -158,7 +158,10 @@ pub struct DeviceList {
 }
 
 /// Checks a registration and turns it into the row to store.
-fn parse_device(body: DeviceBody, endpoints: EndpointPolicy) -> Result<NewDevice, ApiError> {
+pub(crate) fn parse_device(
+    body: DeviceBody,
+    endpoints: EndpointPolicy,
+) -> Result<NewDevice, ApiError> {
     match (body.platform.as_str(), body.token, body.subscription) {
         ("fcm", Some(token), None) => {
             let token = FcmToken::parse(&token)

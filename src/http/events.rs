@@ -26,7 +26,10 @@ pub struct EventsQuery {
     last_event_id: Option<String>,
 }
 
-fn resume_cursor(req: &HttpRequest, query: &EventsQuery) -> Result<Option<Cursor>, ApiError> {
+pub(crate) fn resume_cursor(
+    req: &HttpRequest,
+    query: &EventsQuery,
+) -> Result<Option<Cursor>, ApiError> {
     let header = req.headers().get("Last-Event-ID");
     let raw = match header {
         Some(value) => Some(value.to_str().map_err(|_| {

@@ -174,7 +174,7 @@ fn parse_item(at: &str, raw: Value) -> Result<NewEvent, ApiError> {
 
 /// `{"user_id","kind","data",["idempotency_key"]}` or `{"events":[...]}`; all items are checked
 /// before anything is written.
-fn parse_notify(body: Value, max_batch: usize) -> Result<Vec<NewEvent>, ApiError> {
+pub(crate) fn parse_notify(body: Value, max_batch: usize) -> Result<Vec<NewEvent>, ApiError> {
     match body {
         Value::Object(mut map) if map.contains_key("events") => {
             if map.len() > 1 {
@@ -398,11 +398,15 @@ pub async fn broadcast(
     body: web::Json<BroadcastRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let event = Event::from_host(&body.kind, body.data, EventKind::host_may_broadcast)
-        .map_err(|e| input_error("", e))?;
+    let event = parse_broadcast(body.into_inner())?;
     state.notifier.broadcast(event)?;
     Ok(HttpResponse::Accepted().json(BroadcastResponse { accepted: true }))
+}
+
+/// A kind the host app may broadcast, with `data` that fits it.
+pub(crate) fn parse_broadcast(body: BroadcastRequest) -> Result<Event, ApiError> {
+    Event::from_host(&body.kind, body.data, EventKind::host_may_broadcast)
+        .map_err(|e| input_error("", e))
 }
 
 #[cfg(test)]

@@ -105,6 +105,13 @@ impl Subscription {
         }
         let endpoint = reqwest::Url::parse(raw)
             .map_err(|e| InvalidSubscription::EndpointNotUrl(e.to_string()))?;
+        // What is stored and read back before each push is the parsed URL, whose escapes can make
+        // it several times longer than the text sent: the cap holds for that too.
+        if endpoint.as_str().len() > MAX_ENDPOINT_BYTES {
+            return Err(InvalidSubscription::EndpointTooLong(
+                endpoint.as_str().len(),
+            ));
+        }
         if !endpoint.has_host() {
             return Err(InvalidSubscription::EndpointNotUrl(
                 "it names no host".to_owned(),

@@ -353,6 +353,11 @@ fn subscriptions_are_checked_field_by_field() {
         "a".repeat(MAX_ENDPOINT_BYTES)
     );
     assert!(error(json).contains("at most 2048"));
+    // Under the cap as sent, over it once escaped (`é` is `%C3%A9`), as it would be stored.
+    let mut json = good.clone();
+    json.endpoint = format!("https://push.example.com/{}", "é".repeat(1000));
+    assert!(json.endpoint.len() <= MAX_ENDPOINT_BYTES);
+    assert!(error(json).contains("at most 2048"));
     let mut json = good.clone();
     json.endpoint = "https://user:pw@push.example.com/x".to_owned();
     assert_eq!(
