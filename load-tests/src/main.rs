@@ -11,6 +11,7 @@ mod matchmaking;
 mod notify;
 mod output;
 mod pair;
+mod plot;
 mod procfs;
 mod push;
 mod reconnect;
@@ -62,6 +63,8 @@ enum Scenario {
     FakeFcm(fakefcm::FakeFcmArgs),
     /// Print Belay / Nchan ratios from `connections` and `fanout` result files.
     Compare(compare::CompareArgs),
+    /// Draw several result files on one chart (SVG), e.g. Belay's and Nchan's fan-out.
+    Plot(plot::PlotArgs),
     /// One client process of a multi-process run (started by the scenarios themselves).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         // CPU-bound and single-shot: no runtime needed.
         Scenario::Simulate(args) => simulate::run(args),
         Scenario::Compare(args) => compare::run(&args),
+        Scenario::Plot(args) => plot::run(&args),
         // Runs its own actix system for the fake's HTTP server.
         Scenario::FakeFcm(args) => fakefcm::run(args),
         scenario => tokio::runtime::Runtime::new()
@@ -105,6 +109,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Push(args) => push::run(args).await,
         Scenario::Simulate(_)
         | Scenario::Compare(_)
+        | Scenario::Plot(_)
         | Scenario::Worker(_)
         | Scenario::FakeFcm(_) => {
             anyhow::bail!("not an async scenario")
