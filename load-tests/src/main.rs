@@ -17,6 +17,7 @@ mod push;
 mod reconnect;
 mod sessions;
 mod simulate;
+mod soak;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Scenario {
     /// Many climbers with open streams join the queue at once, take match_found, press ready
     /// and take match_confirmed; report times, matches per second and double matches.
     Matchmaking(matchmaking::MatchmakingArgs),
+    /// Hold N sessions on one node for a long time under steady broadcasts; sample the
+    /// server's memory, open files and session gauge, and the delivery p99, every interval.
+    Soak(soak::SoakArgs),
     /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
     /// and measure delivery latency, loss and ordering.
     Notify(notify::NotifyArgs),
@@ -107,6 +111,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Reconnect(args) => reconnect::run(args).await,
         Scenario::Matchmaking(args) => matchmaking::run(args).await,
         Scenario::Push(args) => push::run(args).await,
+        Scenario::Soak(args) => soak::run(args).await,
         Scenario::Simulate(_)
         | Scenario::Compare(_)
         | Scenario::Plot(_)

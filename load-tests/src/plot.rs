@@ -1,6 +1,6 @@
 //! Charts of a run: the series a scenario draws, kept in its JSON result file (`"plot"`) and
 //! drawn as SVG with plotters. Most scenarios draw two panels, latency over time and the latency
-//! distribution as a percentile spectrum (p0 … p99.999).
+//! distribution as a percentile spectrum (p0 … p99.999); `soak` draws its samples over time.
 //! Subcommand `plot` draws several result files on one chart, matching panels by title, so two
 //! servers' runs can be seen side by side.
 //!
