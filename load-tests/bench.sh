@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Belay and Nchan side by side: the same client (belay-load) runs `connections` and `fanout`
-# against each, with a fresh server per row, and `belay-load compare` prints the ratios
-# Belay / Nchan. Nchan runs from its own nginx prefix under a temp folder (its own config, pid
+# against each, with a fresh server per row, `belay-load compare` prints the ratios
+# Belay / Nchan, and `belay-load plot` draws each fan-out row of both servers on one chart. Nchan runs from its own nginx prefix under a temp folder (its own config, pid
 # file and logs), never as the system nginx service. Loopback only.
 #
 # Usage: load-tests/bench.sh            (settings below, as environment variables)
@@ -171,4 +171,13 @@ for run in $(seq "$RUNS"); do
 done
 
 "$LOAD_BIN" compare "$OUT"/*.json | tee "$OUT/compare.txt"
+# Each fan-out row of each run with both servers on one chart.
+for row in "$OUT"/fanout-*-belay.json; do
+    other=${row%-belay.json}-nchan.json
+    if [[ -e $row && -e $other ]]; then
+        name=$(basename "${row%-belay.json}")
+        "$LOAD_BIN" plot --title "$name: Belay and Nchan, $FANOUT_SESSIONS sessions" \
+            --out "${row%-belay.json}.svg" "$row" "$other"
+    fi
+done
 echo "results in $OUT" >&2

@@ -11,11 +11,13 @@ mod matchmaking;
 mod notify;
 mod output;
 mod pair;
+mod plot;
 mod procfs;
 mod push;
 mod reconnect;
 mod sessions;
 mod simulate;
+mod soak;
 mod worker;
 
 use std::process::ExitCode;
@@ -45,6 +47,9 @@ enum Scenario {
     /// Many climbers with open streams join the queue at once, take match_found, press ready
     /// and take match_confirmed; report times, matches per second and double matches.
     Matchmaking(matchmaking::MatchmakingArgs),
+    /// Hold N sessions on one node for a long time under steady broadcasts; sample the
+    /// server's memory, open files and session gauge, and the delivery p99, every interval.
+    Soak(soak::SoakArgs),
     /// Open one SSE session per user, publish post_liked notifications at a fixed rate,
     /// and measure delivery latency, loss and ordering.
     Notify(notify::NotifyArgs),
@@ -62,6 +67,8 @@ enum Scenario {
     FakeFcm(fakefcm::FakeFcmArgs),
     /// Print Belay / Nchan ratios from `connections` and `fanout` result files.
     Compare(compare::CompareArgs),
+    /// Draw several result files on one chart (SVG), e.g. Belay's and Nchan's fan-out.
+    Plot(plot::PlotArgs),
     /// One client process of a multi-process run (started by the scenarios themselves).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
         // CPU-bound and single-shot: no runtime needed.
         Scenario::Simulate(args) => simulate::run(args),
         Scenario::Compare(args) => compare::run(&args),
+        Scenario::Plot(args) => plot::run(&args),
         // Runs its own actix system for the fake's HTTP server.
         Scenario::FakeFcm(args) => fakefcm::run(args),
         scenario => tokio::runtime::Runtime::new()
@@ -103,8 +111,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Reconnect(args) => reconnect::run(args).await,
         Scenario::Matchmaking(args) => matchmaking::run(args).await,
         Scenario::Push(args) => push::run(args).await,
+        Scenario::Soak(args) => soak::run(args).await,
         Scenario::Simulate(_)
         | Scenario::Compare(_)
+        | Scenario::Plot(_)
         | Scenario::Worker(_)
         | Scenario::FakeFcm(_) => {
             anyhow::bail!("not an async scenario")

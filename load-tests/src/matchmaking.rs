@@ -16,6 +16,7 @@ use crate::adapter::{ServerKind, ServerSpec};
 use crate::common::{self, ErrorCount, LatencySummary, Target, row};
 use crate::fleet::{self, Fleet};
 use crate::output;
+use crate::plot::{self, Plot};
 use crate::procfs;
 use crate::worker::{ClimbSpec, Climber};
 
@@ -318,16 +319,16 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
     );
     common::error_rows(&report.errors);
 
-    let svg = output::plot(
+    let plot = Plot::latency(
         &format!("matchmaking: {} climbers", report.climbers),
         "seconds since the first join",
-        &output::binned("to match_found", &samples, 100),
-        &[
-            output::spectrum("to match_found", &found_hist),
-            output::spectrum("to match_confirmed", &confirmed_hist),
+        plot::binned("to match_found", &samples, 100),
+        vec![
+            plot::spectrum("to match_found", &found_hist),
+            plot::spectrum("to match_confirmed", &confirmed_hist),
         ],
     );
-    output::write(args.out.as_deref(), "matchmaking", &report, &svg)?;
+    output::write(args.out.as_deref(), "matchmaking", &report, &plot)?;
     let i = &report.integrity;
     common::verdict(&[
         ("climbers matched twice", i.matched_twice),

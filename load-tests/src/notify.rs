@@ -27,6 +27,7 @@ use crate::common::{
     row,
 };
 use crate::output;
+use crate::plot::{self, Plot};
 
 /// Upper bound on events per run: the per-event bookkeeping is preallocated (16 bytes each).
 const MAX_EVENTS: u64 = 20_000_000;
@@ -322,8 +323,8 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
         ),
     );
     report.print();
-    let svg = plot(&report, &shared)?;
-    output::write(args.out.as_deref(), "notify", &report, &svg)?;
+    let plot = chart(&report, &shared)?;
+    output::write(args.out.as_deref(), "notify", &report, &plot)?;
     common::verdict(&[
         ("events lost", report.events_lost),
         ("duplicates", report.duplicates),
@@ -332,7 +333,7 @@ pub async fn run(args: NotifyArgs) -> Result<()> {
 }
 
 /// Latency of every measured event by publish time, and its percentile spectrum.
-fn plot(report: &Report, shared: &Shared) -> Result<String> {
+fn chart(report: &Report, shared: &Shared) -> Result<Plot> {
     let mut samples: Vec<(f64, f64)> = shared
         .slots
         .iter()
@@ -352,11 +353,11 @@ fn plot(report: &Report, shared: &Shared) -> Result<String> {
         "notify: {:.0} events/s to {} users, batch {}",
         report.achieved_rate_eps, report.users, report.batch
     );
-    Ok(output::plot(
+    Ok(Plot::latency(
         &title,
         "seconds since the first measured publish",
-        &output::binned("publish to receive", &samples, 200),
-        &[output::spectrum(
+        plot::binned("publish to receive", &samples, 200),
+        vec![plot::spectrum(
             "publish to receive",
             &shared.latency_us.merged()?,
         )],

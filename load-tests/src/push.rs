@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::common::{self, LatencySummary, Target, row};
 use crate::fakefcm::now_us;
+use crate::plot::{self, Panel, Plot, Series, XAxis};
 use crate::{output, procfs};
 
 #[derive(Debug, Args)]
@@ -362,8 +363,8 @@ pub async fn run(args: PushArgs) -> Result<()> {
         wall_s: started.elapsed().as_secs_f64(),
     };
     report.print();
-    let svg = plot(&report, &samples, live_start_us, &first, &wave)?;
-    output::write(args.out.as_deref(), "push", &report, &svg)?;
+    let plot = chart(&report, &samples, live_start_us, &first, &wave)?;
+    output::write(args.out.as_deref(), "push", &report, &plot)?;
     let lost = report.live_sent.saturating_sub(report.live_received);
     let unpushed = report.wave_events.saturating_sub(report.pushed_final);
     common::verdict(&[
@@ -638,14 +639,14 @@ async fn publish_live(
     }
 }
 
-/// Live latency over time, and the cumulative count of pushes arriving at the fake.
-fn plot(
+/// Live latency over time and its distribution, and the count of pushes arrived at the fake.
+fn chart(
     report: &Report,
     samples: &[(u64, u64)],
     start_us: u64,
     first: &HashMap<&str, u64>,
     wave: &Wave,
-) -> Result<String> {
+) -> Result<Plot> {
     let secs = |us: u64| us.saturating_sub(start_us) as f64 / 1e6;
     let live: Vec<(f64, f64)> = samples
         .iter()
@@ -653,17 +654,12 @@ fn plot(
         .collect();
     let mut arrivals: Vec<u64> = first.values().copied().collect();
     arrivals.sort_unstable();
-    // Pushes so far, in thousands, on the same axis as milliseconds.
     let pushes: Vec<(f64, f64)> = arrivals
         .iter()
         .enumerate()
         .step_by(50)
-        .map(|(n, &at)| (secs(at), n as f64 / 1e3))
+        .map(|(n, &at)| (secs(at), n as f64))
         .collect();
-    let mut series = output::binned("live notify → SSE (ms)", &live, 200);
-    if !pushes.is_empty() {
-        series.push(output::Series::line("pushes at FCM (thousands)", pushes));
-    }
     let mut hist = histogram()?;
     for &(_, latency) in samples {
         hist.saturating_record(latency.max(1));
@@ -675,12 +671,24 @@ fn plot(
         wave.answered_us.len(),
         report.online
     );
-    Ok(output::plot(
+    let time_label = "seconds since the live notifies began";
+    let mut plot = Plot::latency(
         &title,
-        "seconds since the live notifies began",
-        &series,
-        &[output::spectrum("live notify → SSE", &hist)],
-    ))
+        time_label,
+        plot::binned("live notify → SSE", &live, 200),
+        vec![plot::spectrum("live notify → SSE", &hist)],
+    );
+    plot.panels.insert(
+        1,
+        Panel {
+            title: "pushes at the fake FCM".to_owned(),
+            x_label: time_label.to_owned(),
+            y_label: "pushes so far".to_owned(),
+            x_axis: XAxis::Linear,
+            series: vec![Series::line("first sends", pushes)],
+        },
+    );
+    Ok(plot)
 }
 
 impl Report {

@@ -16,6 +16,7 @@ use crate::adapter::ServerKind;
 use crate::common::{self, ErrorCount, LatencySummary, row, verdict};
 use crate::fleet;
 use crate::output;
+use crate::plot::{self, Plot};
 use crate::procfs::{self, Memory};
 use crate::sessions::{self, MemoryPerSession, SessionArgs};
 use crate::worker::{Resume, ResumeSpec, Stats, WorkerReport};
@@ -270,17 +271,17 @@ pub async fn run(args: ReconnectArgs) -> Result<()> {
         "reconnect: {} sessions resume, {} missed events each",
         report.sessions_resumed, report.missed_per_user
     );
-    let svg = output::plot(
+    let plot = Plot::latency(
         &title,
         "seconds since the storm began (when each session asked to reopen)",
-        &output::binned("storm to caught up", &times.samples, 100),
-        &[
-            output::spectrum("request to unread frame", &times.to_unread),
-            output::spectrum("request to caught up", &times.to_caught_up),
-            output::spectrum("storm to caught up", &times.since_storm),
+        plot::binned("storm to caught up", &times.samples, 100),
+        vec![
+            plot::spectrum("request to unread frame", &times.to_unread),
+            plot::spectrum("request to caught up", &times.to_caught_up),
+            plot::spectrum("storm to caught up", &times.since_storm),
         ],
     );
-    output::write(common.out.as_deref(), "reconnect", &report, &svg)?;
+    output::write(common.out.as_deref(), "reconnect", &report, &plot)?;
     verdict(&[
         (
             "missed events not replayed",

@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::adapter::{ServerKind, ServerSpec};
 use crate::common::{self, ErrorCount, ErrorTally, LatencySummary, Target, row};
 use crate::fleet::{self, Fleet};
-use crate::output::{self, Series};
+use crate::output;
+use crate::plot::{self, Plot, Series};
 use crate::procfs::{self, Memory};
 use crate::worker::{ResumeSpec, Stats, WorkerReport};
 
@@ -816,14 +817,14 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         "connections: {} sessions to {:?}",
         report.sessions_opened, report.server
     );
-    let svg = output::plot(
+    let plot = Plot::latency(
         &title,
         "seconds since the first connect",
-        &output::binned("connect", &connect_samples, 100),
-        &[output::spectrum("connect", &connect_hist)],
+        plot::binned("connect", &connect_samples, 100),
+        vec![plot::spectrum("connect", &connect_hist)],
     );
     let name = format!("connections-{}", server_name(common.server));
-    output::write(common.out.as_deref(), &name, &report, &svg)
+    output::write(common.out.as_deref(), &name, &report, &plot)
 }
 
 #[derive(Debug, Serialize)]
@@ -922,26 +923,26 @@ pub async fn fanout(args: FanoutArgs) -> Result<()> {
 
     let mut distribution = Vec::new();
     if let Some(hist) = &report.fanout.all_received_hist {
-        distribution.push(output::spectrum("all received (per event)", hist));
+        distribution.push(plot::spectrum("all received (per event)", hist));
     }
     if let Some(hist) = &report.fanout.delivery_hist {
-        distribution.push(output::spectrum("each delivery", hist));
+        distribution.push(plot::spectrum("each delivery", hist));
     }
     let title = format!(
         "fanout: {} broadcasts ({}) to {} sessions of {:?}",
         report.fanout.broadcasts, report.mode, report.sessions_opened, report.server
     );
-    let svg = output::plot(
+    let plot = Plot::latency(
         &title,
         "seconds since the first publish",
-        &[Series::dots(
+        vec![Series::dots(
             "all received (per event)",
             report.fanout.over_time(),
         )],
-        &distribution,
+        distribution,
     );
     let name = format!("fanout-{}-{}", server_name(common.server), report.mode);
-    output::write(common.out.as_deref(), &name, &report, &svg)
+    output::write(common.out.as_deref(), &name, &report, &plot)
 }
 
 fn server_name(kind: ServerKind) -> &'static str {
