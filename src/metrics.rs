@@ -335,33 +335,41 @@ impl Metrics {
             "counter",
             counters.map(|(n, h, v)| (n, h, v.load(Ordering::Relaxed))),
         );
-        let name = "belay_retention_deleted_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Read notifications deleted by retention, by rule\n# TYPE {name} counter"
+        write_labelled(
+            &mut out,
+            ("belay_retention_deleted_total", "rule"),
+            "Read notifications deleted by retention, by rule",
+            [
+                ("age", &self.retention_deleted_by_age),
+                ("limit", &self.retention_deleted_beyond_limit),
+            ],
         );
-        for (rule, counter) in [
-            ("age", &self.retention_deleted_by_age),
-            ("limit", &self.retention_deleted_beyond_limit),
-        ] {
-            let value = counter.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{rule=\"{rule}\"}} {value}");
-        }
-        let name = "belay_connections_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Connections closed on accept, by the cap they were over\n# TYPE {name} counter"
+        write_labelled(
+            &mut out,
+            ("belay_connections_refused_total", "cap"),
+            "Connections closed on accept, by the cap they were over",
+            [
+                ("per_ip", &self.connections_refused_per_ip),
+                ("process", &self.connections_refused_process),
+            ],
         );
-        for (cap, counter) in [
-            ("per_ip", &self.connections_refused_per_ip),
-            ("process", &self.connections_refused_process),
-        ] {
-            let value = counter.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{cap=\"{cap}\"}} {value}");
-        }
         self.cluster.render(&mut out);
         self.push.render(&mut out);
         out
+    }
+}
+
+/// Writes one counter with a label, one series per value of the label.
+fn write_labelled<'a>(
+    out: &mut String,
+    (name, label): (&str, &str),
+    help: &str,
+    series: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value_label, counter) in series {
+        let value = counter.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{{label}=\"{value_label}\"}} {value}");
     }
 }
 
