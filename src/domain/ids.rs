@@ -121,6 +121,25 @@ id_type!(
 #[schema(minimum = 0)]
 pub struct Cursor(pub i64);
 
+/// Reads an optional non-negative JSON integer, `5160.0` too (see [`Cursor`]'s `Deserialize`).
+pub fn integral_u64<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // u64::MAX as f64 rounds up to 2^64, so the upper bound is exclusive.
+        Some(v) if v.fract() == 0.0 && v >= 0.0 && v < u64::MAX as f64 => Ok(Some(v as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value {number}, expected a non-negative integer"
+        ))),
+    }
+}
+
 /// A JSON integer; `16710.0` too, since JSON Schema's `integer` (and so the OpenAPI document)
 /// counts a number with a zero fraction as one.
 impl<'de> serde::Deserialize<'de> for Cursor {
@@ -190,6 +209,22 @@ pub fn truncate(raw: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integral_number_is_read_as_an_integer() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "integral_u64")]
+            n: Option<u64>,
+        }
+        let read = |json: &str| serde_json::from_str::<Body>(json).map(|b| b.n).ok();
+        assert_eq!(read(r#"{"n": 5160}"#), Some(Some(5160)));
+        assert_eq!(read(r#"{"n": 5160.0}"#), Some(Some(5160)));
+        assert_eq!(read(r#"{"n": null}"#), Some(None));
+        assert_eq!(read("{}"), Some(None));
+        assert_eq!(read(r#"{"n": 1.5}"#), None);
+        assert_eq!(read(r#"{"n": -1}"#), None);
+    }
 
     #[test]
     fn a_cursor_is_read_from_a_json_integer_or_an_integral_number() {

@@ -24,7 +24,7 @@ pub struct AscentBody {
     pub discipline: Discipline,
     #[serde(default)]
     pub grade: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::ids::integral_u64")]
     pub time_ms: Option<u64>,
 }
 
