@@ -319,7 +319,8 @@ pub struct Standing {
     pub queue: Option<QueueSpot>,
     /// The match holding them, else their latest match while it is still live.
     pub current: Option<Match>,
-    /// Their latest match when it has ended (read it from the store).
+    /// Their latest match when it has ended, when the one answering already knows its id. With
+    /// neither, the store is asked for their latest match: the engine forgets ended ones.
     pub recent: Option<Uuid>,
     pub incoming: Vec<Challenge>,
     pub outgoing: Vec<Challenge>,
@@ -328,22 +329,21 @@ pub struct Standing {
 impl MatchmakerActor {
     fn standing(&self, user: &UserId) -> Standing {
         // The match holding them, else their latest one while it is still live here (awaiting
-        // the opponent's result); an ended one is named by id, for the store.
-        let live = self.engine.current_match(user).or_else(|| {
-            self.engine
-                .recent_match(user)
-                .and_then(|id| self.engine.live_match(id))
-        });
-        let current = live.cloned();
-        let recent = match &current {
-            Some(_) => None,
-            None => self.engine.recent_match(user),
-        };
+        // the opponent's result). An ended one is left to the store.
+        let current = self
+            .engine
+            .current_match(user)
+            .or_else(|| {
+                self.engine
+                    .recent_match(user)
+                    .and_then(|id| self.engine.live_match(id))
+            })
+            .cloned();
         let (incoming, outgoing) = self.engine.challenges_of(user);
         Standing {
             queue: self.engine.queue_spot(user),
             current,
-            recent,
+            recent: None,
             incoming: incoming.into_iter().cloned().collect(),
             outgoing: outgoing.into_iter().cloned().collect(),
         }

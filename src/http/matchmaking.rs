@@ -157,11 +157,12 @@ pub struct MeView {
     pub challenges: ChallengeLists,
 }
 
-async fn me_view(state: &AppState, standing: Standing) -> Result<MeView, ApiError> {
+async fn me_view(state: &AppState, user: &UserId, standing: Standing) -> Result<MeView, ApiError> {
     let current = match (standing.current, standing.recent) {
         (Some(m), _) => Some(m),
         (None, Some(id)) => state.store.get_match(id).await?,
-        (None, None) => None,
+        // The engine forgets a match once it ended; the store keeps every one.
+        (None, None) => state.store.latest_match(user).await?,
     };
     Ok(MeView {
         queue: standing.queue.map(|spot| QueueView {
@@ -225,9 +226,9 @@ pub async fn join_queue(
     let rating = rating_of(&state, &user, discipline).await?;
     let standing = state
         .matchmaker
-        .join(user, QueueKey { discipline, scope }, rating)
+        .join(user.clone(), QueueKey { discipline, scope }, rating)
         .await?;
-    Ok(HttpResponse::Created().json(me_view(&state, standing).await?))
+    Ok(HttpResponse::Created().json(me_view(&state, &user, standing).await?))
 }
 
 /// `DELETE /v1/queue`: stop waiting.
@@ -248,8 +249,8 @@ pub async fn leave_queue(
     AuthUser(user): AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let standing = state.matchmaker.leave(user).await?;
-    Ok(HttpResponse::Ok().json(me_view(&state, standing).await?))
+    let standing = state.matchmaker.leave(user.clone()).await?;
+    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing).await?))
 }
 
 /// `GET /v1/me/match`: queue ticket, current or latest match, pending challenges.
@@ -271,8 +272,8 @@ pub async fn me_match(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     remember(&state, &user).await?;
-    let standing = state.matchmaker.standing(user).await?;
-    Ok(HttpResponse::Ok().json(me_view(&state, standing).await?))
+    let standing = state.matchmaker.standing(user.clone()).await?;
+    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

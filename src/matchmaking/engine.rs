@@ -120,7 +120,9 @@ pub struct Engine {
     matches: HashMap<Uuid, Match>,
     /// The match that holds a climber: from `match_found` until they report its result or it ends.
     held: HashMap<UserId, Uuid>,
-    /// Each climber's latest match, for `GET /v1/me/match` after it ended.
+    /// Each climber's latest match while it has not ended, including one they reported and whose
+    /// opponent has not. Once it ends it is forgotten here: `GET /v1/me/match` reads it from the
+    /// store, so this map holds no more entries than there are live matches.
     recent: HashMap<UserId, Uuid>,
     challenges: HashMap<Uuid, Challenge>,
     /// Pending challenge ids per climber (sent or received).
@@ -223,7 +225,7 @@ impl Engine {
         self.held.get(user).and_then(|id| self.matches.get(id))
     }
 
-    /// The latest match of `user`: live here, or ended (then read it from the store).
+    /// The latest match of `user` while it is live here. `None` once it ended: the store has it.
     pub fn recent_match(&self, user: &UserId) -> Option<Uuid> {
         self.recent.get(user).copied()
     }
@@ -754,6 +756,9 @@ impl Engine {
     fn finish(&mut self, m: &Match) {
         for p in &m.players {
             self.release(&p.user_id, m.match_id);
+            if self.recent.get(&p.user_id) == Some(&m.match_id) {
+                self.recent.remove(&p.user_id);
+            }
         }
         if let Some(d) = m.result_deadline {
             self.unwatch(ms(d), Deadline::Result(m.match_id));

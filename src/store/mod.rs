@@ -191,6 +191,9 @@ pub trait Store: push::PushStore + Send + Sync + 'static {
     /// Climbers waiting in the queues, longest waiting first (restored into the engine at start).
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>>;
 
+    /// A climber's latest match by creation time, live or ended.
+    async fn latest_match(&self, user: &UserId) -> anyhow::Result<Option<Match>>;
+
     /// Where one climber stands in the store: their queue ticket, their latest match (live or
     /// ended) and the pending challenges they sent or received. Read by nodes that do not run
     /// the matchmaker (cluster mode), which hold no engine of their own.

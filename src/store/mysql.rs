@@ -726,6 +726,10 @@ impl Store for MySqlStore {
         mysql_play::standing_of(&self.pool, user).await
     }
 
+    async fn latest_match(&self, user: &UserId) -> anyhow::Result<Option<Match>> {
+        mysql_play::latest_match_of(&self.pool, user).await
+    }
+
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {
         mysql_play::user_known(&self.pool, user).await
     }

@@ -558,6 +558,10 @@ impl Store for PgStore {
         postgres_play::standing_of(&self.pool, user).await
     }
 
+    async fn latest_match(&self, user: &UserId) -> anyhow::Result<Option<Match>> {
+        postgres_play::latest_match_of(&self.pool, user).await
+    }
+
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {
         postgres_play::user_known(&self.pool, user).await
     }

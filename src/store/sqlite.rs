@@ -644,6 +644,10 @@ impl Store for SqliteStore {
         sqlite_play::standing_of(&self.reader, user).await
     }
 
+    async fn latest_match(&self, user: &UserId) -> anyhow::Result<Option<Match>> {
+        sqlite_play::latest_match_of(&self.reader, user).await
+    }
+
     async fn user_known(&self, user: &UserId) -> anyhow::Result<bool> {
         sqlite_play::user_known(&self.reader, user).await
     }

@@ -747,6 +747,41 @@ async fn a_restart_keeps_queued_climbers_in_place_with_their_queue_time_and_live
 }
 
 #[actix_web::test]
+async fn an_ended_match_stays_the_climbers_latest_across_a_restart_until_a_newer_one() {
+    let app = spawn_app().await;
+    let mut ana = Climber::new(&app, "ana").await;
+    let mut bob = Climber::new(&app, "bob").await;
+    play(&app, &mut ana, &mut bob).await;
+    let first = get_json(&app, &ana.token, "/v1/me/match").await["match"].clone();
+    assert_eq!(first["status"], "settled");
+    assert_eq!(first["winner"], "ana");
+    assert_eq!(
+        get_json(&app, &bob.token, "/v1/me/match").await["match"],
+        first
+    );
+
+    // Ended matches live in the store alone; a restarted node answers the same.
+    let app = app.restart().await;
+    let mut ana = Climber::new(&app, "ana").await;
+    let mut bob = Climber::new(&app, "bob").await;
+    assert_eq!(
+        get_json(&app, &ana.token, "/v1/me/match").await["match"],
+        first
+    );
+
+    play(&app, &mut bob, &mut ana).await;
+    let second = get_json(&app, &ana.token, "/v1/me/match").await["match"].clone();
+    assert_ne!(second["match_id"], first["match_id"]);
+    assert_eq!(second["winner"], "bob");
+    // A climber who never played has no match.
+    let cy = app.token("cy").await;
+    assert_eq!(
+        get_json(&app, &cy, "/v1/me/match").await["match"],
+        Value::Null
+    );
+}
+
+#[actix_web::test]
 async fn a_failed_write_leaves_matchmaking_as_the_store_has_it() {
     if let Some(server) = crate::helpers::server_backend() {
         eprintln!("skipped on {server:?}: the refusing trigger is SQLite's");
