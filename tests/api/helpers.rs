@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 /// Generous bound on any single wait, so a broken build fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Bound on starting or stopping a node, so a stalled step names itself instead of hanging CI.
+const STEP: Duration = Duration::from_secs(60);
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
 
 pub struct TestApp {
@@ -76,8 +78,9 @@ async fn start(
     database: Option<std::sync::Arc<crate::support::Database>>,
 ) -> TestApp {
     let api_key = secrecy::ExposeSecret::expose_secret(&settings.auth.api_key).to_owned();
-    let app = Application::build(settings.clone())
+    let app = tokio::time::timeout(STEP, Application::build(settings.clone()))
         .await
+        .unwrap_or_else(|_| panic!("the node did not start within {STEP:?} (store or migrations)"))
         .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_handle();
@@ -100,7 +103,9 @@ async fn start(
 impl TestApp {
     /// Stops the node gracefully and starts a new one on the same database and secrets.
     pub async fn restart(self) -> TestApp {
-        self.shutdown.shutdown().await;
+        tokio::time::timeout(STEP, self.shutdown.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("restart: the node did not stop within {STEP:?}"));
         start(self.settings, self._dir, self.db_path, self._database).await
     }
 
