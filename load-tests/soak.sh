@@ -9,8 +9,9 @@
 #     prints the table;
 #   - `notify` sends NOTIFY_RATE targeted notifications per second to NOTIFY_USERS sessions of
 #     its own, and checks loss, duplicates and order over the whole run;
-#   - `matchmaking` rounds of CLIMBERS climbers (open streams, join, match, ready, confirm, close)
-#     every MATCH_PAUSE seconds until `soak` ends: streams opened and closed all along.
+#   - `matchmaking` rounds of CLIMBERS climbers (open streams, join, match, ready, confirm,
+#     report the result, close) every MATCH_PAUSE seconds until `soak` ends: streams opened and
+#     closed all along, and every match ends as a played one does.
 # Loopback only.
 #
 # Usage: load-tests/soak.sh                  (settings below, as environment variables)
@@ -125,7 +126,7 @@ DRIVERS+=("$NOTIFY_PID")
     while kill -0 "$SOAK_PID" 2>/dev/null; do
         round=$((round + 1))
         if ! "$LOAD_BIN" matchmaking --url "$URL" --server-pid "$SERVER_PID" \
-            --climbers "$CLIMBERS" --per-worker "$CLIMBERS" --open-concurrency 16 \
+            --climbers "$CLIMBERS" --per-worker "$CLIMBERS" --open-concurrency 16 --settle \
             --out "$OUT/matchmaking/round-$round.json" \
             >"$OUT/matchmaking/round-$round.txt" 2>/dev/null; then
             failed=$((failed + 1))

@@ -52,6 +52,10 @@ pub struct MatchmakingArgs {
     /// Stop at match_found: do not press ready.
     #[arg(long)]
     no_ready: bool,
+    /// After match_confirmed, both climbers report the same winner and take match_result, so
+    /// every match ends (a long run would otherwise leave them all awaiting results).
+    #[arg(long, conflicts_with = "no_ready")]
+    settle: bool,
     /// Discipline of the queue (its scope is unique to the run).
     #[arg(long, default_value = "boulder")]
     discipline: String,
@@ -95,6 +99,8 @@ struct MatchmakingReport {
     joined: u64,
     found: u64,
     confirmed: u64,
+    /// Climbers whose match ended with the result they reported (`--settle`).
+    settled: u64,
     climb_errors: u64,
     /// First join to last match_found.
     found_window_s: f64,
@@ -132,6 +138,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         scope: format!("lt{run}"),
         concurrency: args.concurrency,
         ready: !args.no_ready,
+        settle: args.settle,
     };
     let shared = fleet::Shared {
         server: spec.clone(),
@@ -183,10 +190,18 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
     let server_cpu = procfs::cpu_seconds_sum(&server_pids);
     let client_cpu = fleet.cpu_seconds() + common::process_cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
-    let goal = |s: &crate::worker::Stats| if args.no_ready { s.found } else { s.confirmed };
+    let goal = |s: &crate::worker::Stats| match (args.no_ready, args.settle) {
+        (true, _) => s.found,
+        (false, false) => s.confirmed,
+        (false, true) => s.settled,
+    };
     let bar = output::bar(
         opened.opened,
-        if args.no_ready { "found" } else { "confirmed" },
+        match (args.no_ready, args.settle) {
+            (true, _) => "found",
+            (false, false) => "confirmed",
+            (false, true) => "settled",
+        },
     );
     let mut stats = fleet.go().await?;
     let deadline = started + Duration::from_secs(args.timeout);
@@ -250,6 +265,7 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
         joined: stats.joined,
         found: stats.found,
         confirmed: stats.confirmed,
+        settled: stats.settled,
         climb_errors: stats.climb_errors,
         found_window_s,
         climbers_found_per_s: per_s(found_hist.len() as f64, found_window_s),
@@ -279,8 +295,8 @@ pub async fn run(args: MatchmakingArgs) -> Result<()> {
     row(
         "climbers",
         format!(
-            "joined {}  found {}  confirmed {}  errors {}",
-            report.joined, report.found, report.confirmed, report.climb_errors
+            "joined {}  found {}  confirmed {}  settled {}  errors {}",
+            report.joined, report.found, report.confirmed, report.settled, report.climb_errors
         ),
     );
     row(

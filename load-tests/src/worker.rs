@@ -73,6 +73,10 @@ pub struct ClimbSpec {
     pub concurrency: u32,
     /// Press ready after match_found (else stop at match_found).
     pub ready: bool,
+    /// After match_confirmed, report the result (the pair's first user id in order wins) and
+    /// take match_result: the match ends, as played matches do.
+    #[serde(default)]
+    pub settle: bool,
 }
 
 /// One line on the worker's stdout.
@@ -98,6 +102,8 @@ pub struct Stats {
     pub joined: u64,
     pub found: u64,
     pub confirmed: u64,
+    /// Climbers whose match ended with the result both reported (`--settle`).
+    pub settled: u64,
     pub climb_errors: u64,
     /// Reconnect scenario: sessions closed on `away`, reopened with `Last-Event-ID` on `back`,
     /// that failed to reopen, and that have received every event they missed.
@@ -124,6 +130,7 @@ impl Stats {
         self.joined += other.joined;
         self.found += other.found;
         self.confirmed += other.confirmed;
+        self.settled += other.settled;
         self.climb_errors += other.climb_errors;
         self.away += other.away;
         self.resumed += other.resumed;
@@ -738,7 +745,7 @@ async fn climb(ctx: &Ctx, i: u32, stream: &mut SseStream, token: Option<&str>) -
         if let Some(c) = tally.climbers.get_mut(i as usize) {
             c.found_after_us = Some(found_after);
             c.match_id = Some(match_id.clone());
-            c.opponent = opponent;
+            c.opponent = opponent.clone();
             c.found_frames += 1;
         }
     }
@@ -771,6 +778,31 @@ async fn climb(ctx: &Ctx, i: u32, stream: &mut SseStream, token: Option<&str>) -
     let confirmed_after = micros(joined.elapsed());
     ctx.tally.borrow_mut().stats.confirmed += 1;
     update(&|c| c.confirmed_after_us = Some(confirmed_after));
+    if !spec.settle {
+        return Ok(());
+    }
+    let me = user_id(&ctx.spec, i);
+    let Some(opponent) = opponent else {
+        bail!("match_found without an opponent: {data}");
+    };
+    let winner = if me <= opponent { me } else { opponent };
+    {
+        let _permit = ctx.request_permits.acquire().await.context("limiter")?;
+        post(
+            ctx,
+            token,
+            &format!("/v1/matches/{match_id}/result"),
+            json!({ "winner": winner }),
+        )
+        .await?;
+    }
+    timeout(
+        Duration::from_secs(60),
+        next_event(ctx, stream, &["match_result"]),
+    )
+    .await
+    .context("no match_result within 60 s")??;
+    ctx.tally.borrow_mut().stats.settled += 1;
     Ok(())
 }
 
