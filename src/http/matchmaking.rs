@@ -112,7 +112,7 @@ pub async fn remember(state: &AppState, user: &UserId) -> Result<(), ApiError> {
         .notifier
         .apply(vec![(vec![Change::SeeUser(user.clone())], Vec::new())])
         .await?;
-    state.known_users.insert(user.clone());
+    state.known_users.insert(user);
     Ok(())
 }
 
@@ -663,26 +663,70 @@ pub async fn leaderboard(
     }))
 }
 
-/// Climbers this node has recorded as known, so `remember` writes once per climber.
-#[derive(Default)]
+/// Climbers this node has recorded as known, so `remember` writes once per climber. Each is
+/// kept as a 64-bit hash of their id (with a per-process key): 8 bytes a climber plus the table,
+/// whatever the id's length. Two ids sharing a hash would skip one write of the second; at 2^-64
+/// a pair, that is never.
 pub struct KnownUsers {
-    seen: std::sync::Mutex<std::collections::HashSet<UserId>>,
+    hasher: std::hash::RandomState,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
-/// Climbers remembered in memory at most; past it the set starts again (the store keeps all).
+/// Climbers remembered in memory at most (a table of about 1.2 MiB); past it the set starts
+/// again (the store keeps all).
 const MAX_KNOWN_IN_MEMORY: usize = 100_000;
 
+impl Default for KnownUsers {
+    fn default() -> Self {
+        KnownUsers {
+            hasher: std::hash::RandomState::new(),
+            seen: Default::default(),
+        }
+    }
+}
+
 impl KnownUsers {
-    pub fn contains(&self, user: &UserId) -> bool {
-        self.seen.lock().map(|s| s.contains(user)).unwrap_or(false)
+    fn key(&self, user: &UserId) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, user.as_str())
     }
 
-    pub fn insert(&self, user: UserId) {
+    pub fn contains(&self, user: &UserId) -> bool {
+        let key = self.key(user);
+        self.seen.lock().map(|s| s.contains(&key)).unwrap_or(false)
+    }
+
+    pub fn insert(&self, user: &UserId) {
+        let key = self.key(user);
         if let Ok(mut seen) = self.seen.lock() {
             if seen.len() >= MAX_KNOWN_IN_MEMORY {
                 seen.clear();
             }
-            seen.insert(user);
+            seen.insert(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn known_users_are_told_apart_and_start_again_past_the_cap() {
+        let known = KnownUsers::default();
+        known.insert(&user("ana"));
+        assert!(known.contains(&user("ana")));
+        assert!(!known.contains(&user("bob")));
+        for n in 1..MAX_KNOWN_IN_MEMORY {
+            known.insert(&user(&format!("climber-{n}")));
+        }
+        assert!(known.contains(&user("ana")) && known.contains(&user("climber-1")));
+        // One more than the cap: the set starts again with the newcomer alone.
+        known.insert(&user("bob"));
+        assert!(known.contains(&user("bob")));
+        assert!(!known.contains(&user("ana")));
     }
 }
