@@ -1,6 +1,7 @@
 //! `POST /v1/ascents`: a climber logs a send. A first send of the route gives
 //! `route_completed`; a new hardest grade or fastest time gives `personal_record`.
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use serde::Deserialize;
@@ -111,7 +112,7 @@ impl ToSchema for AscentBody {}
 )]
 pub async fn log_ascent(
     AuthUser(user): AuthUser,
-    body: web::Json<AscentBody>,
+    body: Body<AscentBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();

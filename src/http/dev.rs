@@ -1,6 +1,7 @@
 //! Development helpers, routed only when `auth.dev_tokens` is on: mint a token for any user and
 //! read the host API key, so the demo page works with no setup. Never enable in production.
 
+use crate::http::body::Body;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -47,7 +48,7 @@ pub struct TokenResponse {
     )
 )]
 pub async fn token(
-    body: web::Json<TokenRequest>,
+    body: Body<TokenRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let ttl = Duration::from_secs(state.settings.auth.dev_token_ttl_secs);

@@ -2,6 +2,7 @@
 //! go (FCM registration tokens and Web Push subscriptions); `GET /v1/push/vapid-key`: what a
 //! browser subscribes with.
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -222,7 +223,7 @@ pub(crate) fn parse_device(
 )]
 pub async fn register(
     AuthUser(user): AuthUser,
-    body: web::Json<DeviceBody>,
+    body: Body<DeviceBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let endpoints = state

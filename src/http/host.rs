@@ -1,5 +1,6 @@
 //! Server-to-server endpoints of the host app: `POST /v1/notify` and `POST /v1/broadcast`.
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -395,7 +396,7 @@ pub struct BroadcastResponse {
 )]
 pub async fn broadcast(
     _: HostApp,
-    body: web::Json<BroadcastRequest>,
+    body: Body<BroadcastRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let event = parse_broadcast(body.into_inner())?;

@@ -2,6 +2,7 @@
 //! Handlers validate input, read ratings, and hand commands to the `MatchmakerActor`; a 2xx is
 //! sent once the change and its events are stored.
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -218,7 +219,7 @@ pub struct JoinBody {
 )]
 pub async fn join_queue(
     AuthUser(user): AuthUser,
-    body: web::Json<JoinBody>,
+    body: Body<JoinBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     remember(&state, &user).await?;
@@ -311,7 +312,7 @@ pub struct ChallengeBody {
 )]
 pub async fn create_challenge(
     AuthUser(user): AuthUser,
-    body: web::Json<ChallengeBody>,
+    body: Body<ChallengeBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     remember(&state, &user).await?;
@@ -540,7 +541,7 @@ pub struct ResultBody {
 pub async fn report_result(
     AuthUser(user): AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<ResultBody>,
+    body: Body<ResultBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let winner = body.into_inner().winner;

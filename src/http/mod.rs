@@ -3,6 +3,7 @@
 
 pub mod ascents;
 pub mod auth;
+pub mod body;
 pub mod body_deadline;
 pub mod connections;
 pub mod dev;

@@ -1,5 +1,6 @@
 //! The user's own notifications: `GET /v1/notifications` and `POST /v1/notifications/read`.
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::RefOr;
@@ -224,7 +225,7 @@ pub struct ReadResponse {
 )]
 pub async fn mark_read(
     AuthUser(user): AuthUser,
-    body: web::Json<ReadRequest>,
+    body: Body<ReadRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();

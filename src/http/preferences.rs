@@ -1,6 +1,7 @@
 //! `GET /v1/preferences`, `PUT /v1/preferences`: per kind, live and push on or off, and quiet
 //! hours in the climber's time zone (`domain/preferences.rs` holds the rules).
 
+use crate::http::body::Body;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 
@@ -64,7 +65,7 @@ pub async fn get(
 )]
 pub async fn put(
     AuthUser(user): AuthUser,
-    body: web::Json<PreferencesBody>,
+    body: Body<PreferencesBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let preferences = Preferences::from_body(&body).map_err(ApiError::bad_request)?;

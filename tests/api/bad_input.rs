@@ -306,3 +306,62 @@ async fn health_and_readiness_answer() {
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("EventSource"));
 }
+
+#[actix_web::test]
+async fn typed_bodies_must_be_json_objects_not_arrays_of_their_fields() {
+    let app = spawn_app().await;
+    let ana = app.token("ana").await;
+    let user_post = |method: reqwest::Method, path: &str, body: &str| {
+        app.client
+            .request(method, app.url(path))
+            .bearer_auth(&ana)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    // Each array holds the fields in declaration order: what serde's derived structs would take.
+    let post = reqwest::Method::POST;
+    let cases = [
+        (post.clone(), "/v1/queue", r#"["boulder", null]"#),
+        (post.clone(), "/v1/challenges", r#"["bob", "lead"]"#),
+        (
+            post.clone(),
+            "/v1/ascents",
+            r#"["r1", "boulder", "7A", null]"#,
+        ),
+        (post.clone(), "/v1/notifications/read", "[[]]"),
+        (post.clone(), "/v1/devices", r#"["fcm", "token"]"#),
+        (
+            reqwest::Method::PUT,
+            "/v1/preferences",
+            r#"[{}, "UTC", null]"#,
+        ),
+        (post.clone(), "/v1/dev/token", r#"["bob"]"#),
+    ];
+    for (method, path, body) in cases {
+        let refused = assert_error(
+            user_post(method, path, body).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("expected a JSON object"),
+            "{path}: {refused}"
+        );
+    }
+    let broadcast = app
+        .host_post("/v1/broadcast")
+        .header("Content-Type", "application/json")
+        .body(r#"["new_post", {"post_id": "p", "by": "b", "title": "t"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(broadcast, StatusCode::BAD_REQUEST, "invalid_request").await;
+
+    let me: Value = app.get_as(&ana, "/v1/me/match").await.json().await.unwrap();
+    assert_eq!(me["queue"], Value::Null, "the array join changed nothing");
+    assert_eq!(me["challenges"]["outgoing"], json!([]));
+    nothing_stored(&app, "ana").await;
+}
