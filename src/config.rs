@@ -326,6 +326,54 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Every duration at most ten years: longer ones would overflow a clock reading plus the
+    /// duration (a panic in `Instant + Duration`, a wrapped millisecond deadline) long before
+    /// they meant anything.
+    fn check_durations(&self) -> anyhow::Result<()> {
+        const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+        let ms = |v: u64| v / 1000;
+        let days = |v: u32| u64::from(v) * 24 * 3600;
+        let (s, mm, c, p) = (&self.server, &self.matchmaking, &self.cluster, &self.push);
+        for (name, secs) in [
+            ("server.body_timeout_secs", s.body_timeout_secs),
+            ("server.shutdown_timeout_secs", s.shutdown_timeout_secs),
+            (
+                "database.connect_timeout_secs",
+                self.database.connect_timeout_secs,
+            ),
+            ("auth.dev_token_ttl_secs", self.auth.dev_token_ttl_secs),
+            ("sse.heartbeat_secs", self.sse.heartbeat_secs),
+            ("sse.retry_ms", ms(self.sse.retry_ms)),
+            (
+                "limits.idempotency_ttl_secs",
+                self.limits.idempotency_ttl_secs,
+            ),
+            ("matchmaking.ready_timeout_secs", mm.ready_timeout_secs),
+            (
+                "matchmaking.challenge_timeout_secs",
+                mm.challenge_timeout_secs,
+            ),
+            ("matchmaking.result_timeout_secs", mm.result_timeout_secs),
+            ("retention.max_age_days", days(self.retention.max_age_days)),
+            ("retention.every_secs", self.retention.every_secs),
+            ("cluster.presence_ttl_secs", c.presence_ttl_secs),
+            ("cluster.presence_refresh_secs", c.presence_refresh_secs),
+            ("cluster.probe_every_ms", ms(c.probe_every_ms)),
+            ("cluster.probe_timeout_ms", ms(c.probe_timeout_ms)),
+            ("cluster.lease_ttl_ms", ms(c.lease_ttl_ms)),
+            ("cluster.command_timeout_ms", ms(c.command_timeout_ms)),
+            ("push.grace_ms", ms(p.grace_ms)),
+            ("push.poll_ms", ms(p.poll_ms)),
+            ("push.device_max_idle_days", days(p.device_max_idle_days)),
+        ] {
+            anyhow::ensure!(
+                secs <= MAX_SECS,
+                "{name} is longer than ten years; give at most {MAX_SECS} seconds' worth"
+            );
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         let mm = &self.matchmaking;
         anyhow::ensure!(
@@ -388,6 +436,7 @@ impl Settings {
             retention.every_secs >= 1 && retention.batch >= 1,
             "retention.every_secs and retention.batch must be at least 1"
         );
+        self.check_durations()?;
         self.cluster.validate()?;
         self.push.validate()?;
         if self.redis.enabled() {
@@ -552,6 +601,33 @@ mod tests {
         for bad in ["0", "65536"] {
             let env = HashMap::from([("BELAY__SERVER__LISTEN_BACKLOG".to_owned(), bad.to_owned())]);
             assert!(Settings::load_with_env(None, Some(env)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_duration_past_ten_years_is_refused_by_name() {
+        for (key, bad, fine) in [
+            (
+                "BELAY__MATCHMAKING__READY_TIMEOUT_SECS",
+                "315360001",
+                "315360000",
+            ),
+            (
+                "BELAY__SERVER__BODY_TIMEOUT_SECS",
+                "18446744073709551615",
+                "60",
+            ),
+            ("BELAY__CLUSTER__COMMAND_TIMEOUT_MS", "315360001000", "5000"),
+            ("BELAY__RETENTION__MAX_AGE_DAYS", "3651", "3650"),
+            ("BELAY__PUSH__DEVICE_MAX_IDLE_DAYS", "4294967295", "270"),
+        ] {
+            let load = |v: &str| {
+                Settings::load_with_env(None, Some(HashMap::from([(key.to_owned(), v.to_owned())])))
+            };
+            let error = format!("{:#}", load(bad).unwrap_err());
+            let name = key["BELAY__".len()..].replace("__", ".").to_lowercase();
+            assert!(error.contains(&name), "{key}={bad}: {error}");
+            assert!(load(fine).is_ok(), "{key}={fine}");
         }
     }
 

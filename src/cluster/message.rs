@@ -68,12 +68,13 @@ impl Message {
         if parts.next()? != MAGIC {
             return None;
         }
-        let node = parts.next()?.to_owned();
+        let node = parts.next().filter(|n| !n.is_empty())?.to_owned();
         let user = |p: Option<&str>| p.and_then(|u| UserId::parse(u).ok());
         let kind = match parts.next()? {
             "E" => Kind::Event {
                 user: user(parts.next())?,
-                cursor: Cursor(parts.next()?.parse().ok()?),
+                // Stored events have cursors from 1 on.
+                cursor: Cursor(parts.next()?.parse().ok().filter(|&c: &i64| c > 0)?),
                 id: parts.next()?.parse().ok()?,
             },
             "U" => Kind::Unread {
@@ -129,6 +130,9 @@ mod tests {
             b"BLY1 n X\n",
             b"BLY1 n E ana x y\n",
             b"BLY2 n B\n",
+            b"BLY1  B\n",
+            b"BLY1 n E ana -7 0195d1a0-0000-7000-8000-000000000000\n",
+            b"BLY1 n E ana 0 0195d1a0-0000-7000-8000-000000000000\n",
         ] {
             assert_eq!(Message::decode(junk), None);
         }
