@@ -88,6 +88,9 @@ pub fn api_client(request_timeout: Duration, max_idle: usize) -> Result<Client> 
         .connect_timeout(Duration::from_secs(5))
         .timeout(request_timeout)
         .pool_max_idle_per_host(max_idle)
+        // Below the server's keep-alive (5 s): a connection is never reused just as the server
+        // closes it, which would fail the request on the client side alone.
+        .pool_idle_timeout(Duration::from_secs(3))
         .build()
         .context("building the HTTP client")
 }
