@@ -15,6 +15,10 @@ pub struct Metrics {
     pub sessions_rejected: AtomicU64,
     pub sessions_closed_slow: AtomicU64,
     pub catch_ups: AtomicU64,
+    /// Catch-ups whose store reads failed and were tried again after a pause.
+    pub catch_up_retries: AtomicU64,
+    /// Sessions closed because their catch-up failed every retry.
+    pub sessions_closed_catch_up: AtomicU64,
     pub gaps: AtomicU64,
     pub events_created: AtomicU64,
     pub events_collapsed: AtomicU64,
@@ -210,7 +214,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -230,6 +234,16 @@ impl Metrics {
                 "belay_catch_ups_total",
                 "Catch-ups from the store: on connect, or after a gap the live frames did not fill",
                 &self.catch_ups,
+            ),
+            (
+                "belay_catch_up_retries_total",
+                "Catch-ups whose store reads failed and were tried again after a pause",
+                &self.catch_up_retries,
+            ),
+            (
+                "belay_sessions_closed_catch_up_total",
+                "SSE sessions closed because their catch-up failed every retry",
+                &self.sessions_closed_catch_up,
             ),
             (
                 "belay_gaps_total",

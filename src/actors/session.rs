@@ -26,6 +26,13 @@ use crate::store::Store;
 /// reads the store instead.
 const GAP_GRACE: Duration = Duration::from_millis(5);
 
+/// A catch-up whose store reads fail (a pool exhausted by a reconnect storm, a database that
+/// blinked) is tried again this many times, after a pause that doubles from
+/// [`CATCH_UP_RETRY_FIRST`] with jitter (about 6 s in all), before the session is closed:
+/// closing every session at once would bring the same storm back as reconnects.
+const CATCH_UP_RETRIES: u32 = 5;
+const CATCH_UP_RETRY_FIRST: Duration = Duration::from_millis(200);
+
 /// Newest unread notifications sent in the `unread` summary on connect.
 pub const UNREAD_LATEST: u32 = 10;
 
@@ -54,8 +61,13 @@ pub struct SessionActor {
     registry: Rc<RefCell<Registry>>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    /// `Last-Event-ID` of the request, used by the first catch-up only.
+    /// `Last-Event-ID` of the request, used by the connect catch-up only.
     resume: Option<Cursor>,
+    /// Whether the connect catch-up (summary and replay start) is done: until it is, a retry
+    /// does it again from `resume`, since it changes the outbox only once all its reads worked.
+    connected: bool,
+    /// Catch-ups that failed in a row.
+    catch_up_failures: u32,
     replay_page: u32,
     catch_up_running: bool,
     /// A `Resync` came while a catch-up ran: read again once it ends, since that read may have
@@ -88,6 +100,8 @@ impl SessionActor {
             store: setup.store,
             metrics: setup.metrics,
             resume: setup.resume,
+            connected: false,
+            catch_up_failures: 0,
             replay_page: setup.replay_page,
             catch_up_running: false,
             resync_owed: false,
@@ -96,7 +110,7 @@ impl SessionActor {
         }
     }
 
-    fn spawn_catch_up(&mut self, ctx: &mut Context<Self>, on_connect: bool) {
+    fn spawn_catch_up(&mut self, ctx: &mut Context<Self>) {
         self.catch_up_running = true;
         Metrics::add(&self.metrics.catch_ups, 1);
         let job = CatchUpJob {
@@ -106,29 +120,60 @@ impl SessionActor {
             page: self.replay_page,
             muted: self.muted.clone(),
         };
-        let resume = self.resume.take();
+        let (connect, resume) = (!self.connected, self.resume);
         let fut = async move {
-            if on_connect && !job.connect(resume).await? {
-                // The connect read reached the end of the store: only live frames can follow.
-                let mut outbox = job.outbox.borrow_mut();
-                if outbox.is_closed() {
-                    return Ok(Release::Live);
+            let mut connected = !connect;
+            let result = async {
+                if connect {
+                    let more = job.connect(resume).await?;
+                    connected = true;
+                    if !more {
+                        // The connect read reached the end of the store: only live frames can
+                        // follow.
+                        let mut outbox = job.outbox.borrow_mut();
+                        if outbox.is_closed() {
+                            return Ok(Release::Live);
+                        }
+                        return Ok(outbox.release_held());
+                    }
                 }
-                return Ok(outbox.release_held());
+                job.run().await
             }
-            job.run().await
+            .await;
+            (connected, result)
         };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(|(connected, result), act, ctx| {
             act.catch_up_running = false;
+            if connected && !act.connected {
+                act.connected = true;
+                act.resume = None;
+            }
             match result {
-                Ok(Release::Live) => act.run_owed_resync(ctx),
-                Ok(Release::Full) => {
-                    Metrics::add(&act.metrics.sessions_closed_slow, 1);
-                    ctx.stop();
+                Ok(release) => {
+                    act.catch_up_failures = 0;
+                    match release {
+                        Release::Live => act.run_owed_resync(ctx),
+                        Release::Full => {
+                            Metrics::add(&act.metrics.sessions_closed_slow, 1);
+                            ctx.stop();
+                        }
+                        Release::ReadAgain => act.spawn_catch_up(ctx),
+                    }
                 }
-                Ok(Release::ReadAgain) => act.spawn_catch_up(ctx, false),
+                Err(error) if act.catch_up_failures < CATCH_UP_RETRIES => {
+                    act.catch_up_failures += 1;
+                    Metrics::add(&act.metrics.catch_up_retries, 1);
+                    let wait = crate::store::jitter(
+                        CATCH_UP_RETRY_FIRST * 2u32.pow(act.catch_up_failures - 1),
+                    );
+                    tracing::debug!(user = %act.user, error = ?error, ?wait, "catch-up failed; trying again");
+                    // Held as running: a gap or a resync meanwhile waits for this retry.
+                    act.catch_up_running = true;
+                    ctx.run_later(wait, |act, ctx| act.spawn_catch_up(ctx));
+                }
                 Err(error) => {
-                    tracing::warn!(user = %act.user, error = ?error, "catch-up failed; closing session");
+                    Metrics::add(&act.metrics.sessions_closed_catch_up, 1);
+                    tracing::warn!(user = %act.user, error = ?error, "catch-up kept failing; closing session");
                     ctx.stop();
                 }
             }
@@ -141,7 +186,7 @@ impl SessionActor {
     fn run_owed_resync(&mut self, ctx: &mut Context<Self>) {
         if std::mem::take(&mut self.resync_owed) {
             self.outbox.borrow_mut().begin_catch_up();
-            self.spawn_catch_up(ctx, false);
+            self.spawn_catch_up(ctx);
         }
     }
 }
@@ -162,7 +207,7 @@ impl Actor for SessionActor {
             },
         );
         Metrics::add(&self.metrics.sessions_opened, 1);
-        self.spawn_catch_up(ctx, true);
+        self.spawn_catch_up(ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
@@ -191,7 +236,7 @@ impl Handler<CatchUp> for SessionActor {
                     act.catch_up_running = false;
                     act.run_owed_resync(ctx);
                 }
-                Release::ReadAgain => act.spawn_catch_up(ctx, false),
+                Release::ReadAgain => act.spawn_catch_up(ctx),
                 Release::Full => {
                     Metrics::add(&act.metrics.sessions_closed_slow, 1);
                     ctx.stop();

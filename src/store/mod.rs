@@ -15,6 +15,8 @@ mod sqlite_play;
 mod sqlite_push;
 mod writer;
 
+pub(crate) use writer::jitter;
+
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -680,3 +680,45 @@ async fn a_burst_larger_than_the_queue_reaches_a_reading_client_without_closing_
     sender.await.unwrap();
     assert_eq!(app.metric("belay_sessions_closed_slow_total").await, 0);
 }
+
+#[actix_web::test]
+async fn a_catch_up_whose_reads_fail_for_a_moment_is_tried_again_and_the_stream_stays_open() {
+    if let Some(server) = crate::helpers::server_backend() {
+        eprintln!("skipped on {server:?}: the table is hidden with SQLite's ALTER TABLE");
+        return;
+    }
+    let app = spawn_app().await;
+    let token = app.token("ana").await;
+    app.like("ana", "p1", "bob").await;
+    app.like("ana", "p2", "bob").await;
+
+    // The notifications cannot be read for a moment (a pool exhausted by a reconnect storm, a
+    // database that blinked): the stream's connect catch-up fails.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display()))
+        .await
+        .unwrap();
+    let hide = |sql: &'static str| sqlx::query(sql).execute(&db);
+    hide("ALTER TABLE notifications RENAME TO notifications_away")
+        .await
+        .unwrap();
+    let mut resumed = app.open_stream(&token, Some("1")).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.metric("belay_catch_up_retries_total").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no catch-up retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hide("ALTER TABLE notifications_away RENAME TO notifications")
+        .await
+        .unwrap();
+
+    // The retry reads from the client's Last-Event-ID as the first attempt would have.
+    assert_eq!(resumed.expect().await.event, "unread");
+    assert_eq!(resumed.expect().await.id, "2");
+    app.like("ana", "p3", "bob").await;
+    assert_eq!(resumed.expect().await.id, "3", "then live events follow");
+    assert!(resumed.is_quiet_for(Duration::from_millis(200)).await);
+    assert_eq!(app.metric("belay_sessions_closed_catch_up_total").await, 0);
+}
