@@ -36,6 +36,8 @@ pub struct Metrics {
     pub idempotency_keys_expired: AtomicU64,
     /// The database's size in bytes (sampled by a background task).
     pub database_size_bytes: AtomicI64,
+    /// Memory SQLite holds in this process (0 on a database server).
+    pub sqlite_memory_bytes: AtomicI64,
     /// Cluster mode: 1 while this node holds the matchmaker lease.
     pub lease_holder: AtomicI64,
     pub lease_changes: AtomicU64,
@@ -297,7 +299,7 @@ impl Metrics {
             ),
         ];
         let mut out = String::new();
-        let gauges: [(&str, &str, &AtomicI64); 8] = [
+        let gauges: [(&str, &str, &AtomicI64); 9] = [
             (
                 "belay_connections_open",
                 "HTTP connections open on this node, streams included",
@@ -337,6 +339,12 @@ impl Metrics {
                 "belay_database_size_bytes",
                 "Space the database takes, in bytes, as its server counts it (sampled)",
                 &self.database_size_bytes,
+            ),
+            (
+                "belay_sqlite_memory_bytes",
+                "Memory SQLite holds in this process: page caches, statements (0 on a database \
+                 server; sampled with the database size)",
+                &self.sqlite_memory_bytes,
             ),
         ];
         write_series(

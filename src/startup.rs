@@ -370,6 +370,11 @@ fn spawn_size_sampler(store: Arc<dyn store::Store>, metrics: Arc<Metrics>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if let Some(bytes) = store.memory_bytes() {
+                metrics
+                    .sqlite_memory_bytes
+                    .store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+            }
             match store.database_size_bytes().await {
                 Ok(bytes) => metrics
                     .database_size_bytes

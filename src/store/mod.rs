@@ -193,6 +193,12 @@ pub trait Store: push::PushStore + Send + Sync + 'static {
     /// Climbers waiting in the queues, longest waiting first (restored into the engine at start).
     async fn queued_tickets(&self) -> anyhow::Result<Vec<QueuedTicket>>;
 
+    /// Memory the database engine holds inside this process (SQLite's page caches and
+    /// statements); `None` for a database server, whose memory is its own.
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// A climber's latest match by creation time, live or ended.
     async fn latest_match(&self, user: &UserId) -> anyhow::Result<Option<Match>>;
 

@@ -845,6 +845,14 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    fn memory_bytes(&self) -> Option<u64> {
+        // SAFETY: `sqlite3_memory_used` takes no arguments and only reads SQLite's own counter
+        // (kept under its memory mutex); it is callable from any thread once the library is
+        // loaded, which opening the pools has done.
+        let used = unsafe { libsqlite3_sys::sqlite3_memory_used() };
+        u64::try_from(used).ok()
+    }
+
     async fn database_size_bytes(&self) -> anyhow::Result<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",

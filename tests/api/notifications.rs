@@ -116,4 +116,10 @@ async fn metrics_show_the_database_size_and_the_rows_retention_deleted() {
     );
     assert_eq!(cursors(&app.list(&token, "").await), [3]);
     assert!(app.metric("belay_database_size_bytes").await > 0);
+    // SQLite's caches live in this process; a database server's do not.
+    let sqlite_memory = app.metric("belay_sqlite_memory_bytes").await;
+    match crate::helpers::server_backend() {
+        None => assert!(sqlite_memory > 0, "{sqlite_memory}"),
+        Some(_) => assert_eq!(sqlite_memory, 0),
+    }
 }
