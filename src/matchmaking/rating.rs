@@ -56,30 +56,46 @@ fn from_glicko2(r: &Glicko2Rating, matches: u32) -> Rating {
     }
 }
 
-/// What [`rank_changes`] needs from the leaderboard: the store reads the climbers between the
-/// lowest and the highest rating either player had ([`RankInputs::span`]), and counts those
-/// above. Nobody outside the span can have been crossed.
+/// What [`rank_changes`] needs from the leaderboard. Only a player who was rated before can
+/// cross anyone, so the store reads the climbers between the lowest and the highest rating such
+/// a player had ([`RankInputs::span`]) and counts those above; for a player rating outside that
+/// span (a newcomer's first rating) it counts the climbers above it instead of reading them.
+/// A match between two newcomers thus reads no climber at all, however crowded their ratings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankInputs {
     /// Both players of the settled match: (user, rating before (None: unrated so far), rating after).
     pub players: [(UserId, Option<f64>, f64); 2],
-    /// Every other rated climber whose rating lies in [lo, hi], where lo/hi are the min/max of
-    /// the players' before and after ratings. Entries naming a player are ignored.
+    /// Every other rated climber whose rating lies in the span (bounds included); empty when
+    /// there is no span. Entries naming a player are ignored.
     pub others_in_span: Vec<(UserId, f64)>,
-    /// How many other rated climbers are rated strictly above hi.
+    /// How many other rated climbers are rated strictly above the span's top.
     pub others_above_span: u32,
+    /// For each player rating outside the span ([`RankInputs::counted`]): how many other rated
+    /// climbers are rated strictly above it.
+    pub others_above: Vec<(f64, u32)>,
 }
 
 impl RankInputs {
-    /// `(lo, hi)`: the lowest and highest of the players' ratings before (where they had one)
-    /// and after. The store passes the other climbers rated within it, bounds included.
-    pub fn span(players: &[(UserId, Option<f64>, f64); 2]) -> (f64, f64) {
+    /// `(lo, hi)`: the lowest and highest rating, before and after, of the players who were rated
+    /// before; `None` when neither was. Nobody outside it can have been crossed.
+    pub fn span(players: &[(UserId, Option<f64>, f64); 2]) -> Option<(f64, f64)> {
         players
             .iter()
+            .filter_map(|(_, before, after)| before.map(|b| (b.min(*after), b.max(*after))))
+            .reduce(|(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
+    }
+
+    /// The player ratings outside the span, whose rank is counted rather than read.
+    pub fn counted(players: &[(UserId, Option<f64>, f64); 2]) -> Vec<f64> {
+        let span = Self::span(players);
+        let mut outside: Vec<f64> = players
+            .iter()
             .flat_map(|(_, before, after)| before.iter().copied().chain([*after]))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-                (lo.min(r), hi.max(r))
-            })
+            .filter(|r| !span.is_some_and(|(lo, hi)| (lo..=hi).contains(r)))
+            .collect();
+        outside.sort_by(f64::total_cmp);
+        outside.dedup();
+        outside
     }
 }
 
@@ -98,13 +114,24 @@ pub fn rank_changes(inputs: &RankInputs) -> Vec<RankChange> {
     others.sort_by(|a, b| a.0.cmp(b.0));
     let mut descending: Vec<f64> = others.iter().map(|(_, r)| *r).collect();
     descending.sort_by(|a, b| b.total_cmp(a));
-    // The rank `rating` would have among the other climbers alone.
+    let span = RankInputs::span(players);
+    // The rank `rating` would have among the other climbers alone: counted by the store outside
+    // the span, from the climbers read inside it.
     let rank_among_others = |rating: f64| -> u32 {
-        let above_in_span = descending.partition_point(|r| *r > rating);
-        u32::try_from(above_in_span)
-            .unwrap_or(u32::MAX)
-            .saturating_add(inputs.others_above_span)
-            .saturating_add(1)
+        let above = match span {
+            Some((lo, hi)) if (lo..=hi).contains(&rating) => {
+                let above_in_span = descending.partition_point(|r| *r > rating);
+                u32::try_from(above_in_span)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(inputs.others_above_span)
+            }
+            _ => inputs
+                .others_above
+                .iter()
+                .find(|(r, _)| *r == rating)
+                .map_or(0, |(_, n)| *n),
+        };
+        above.saturating_add(1)
     };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
 
@@ -231,9 +258,15 @@ mod tests {
             (user("a"), Some(1500.0), 1530.0),
             (user("b"), Some(1520.0), 1490.0),
         ];
-        assert_eq!(RankInputs::span(&players), (1490.0, 1530.0));
+        assert_eq!(RankInputs::span(&players), Some((1490.0, 1530.0)));
+        assert_eq!(RankInputs::counted(&players), Vec::<f64>::new());
+        // A newcomer crosses nobody: their first rating is counted, not spanned.
         let newcomer = [(user("a"), None, 1662.0), (user("b"), Some(1400.0), 1380.0)];
-        assert_eq!(RankInputs::span(&newcomer), (1380.0, 1662.0));
+        assert_eq!(RankInputs::span(&newcomer), Some((1380.0, 1400.0)));
+        assert_eq!(RankInputs::counted(&newcomer), [1662.0]);
+        let newcomers = [(user("a"), None, 1662.0), (user("b"), None, 1338.0)];
+        assert_eq!(RankInputs::span(&newcomers), None);
+        assert_eq!(RankInputs::counted(&newcomers), [1338.0, 1662.0]);
     }
 
     #[test]
@@ -246,6 +279,7 @@ mod tests {
             ],
             others_in_span: vec![(user("d"), 1450.0), (user("c"), 1520.0)],
             others_above_span: 1,
+            others_above: Vec::new(),
         };
 
         let got = rank_changes(&inputs);
@@ -270,6 +304,7 @@ mod tests {
             ],
             others_in_span: vec![(user("o"), 1500.0)],
             others_above_span: 0,
+            others_above: Vec::new(),
         };
 
         let got = rank_changes(&inputs);
@@ -287,9 +322,11 @@ mod tests {
     fn a_first_match_always_tells_the_player_but_entering_is_not_passing() {
         // Newcomers n (wins) and m; o is rated 1600 and is not crossed by anyone rated before.
         let players = [(user("n"), None, 1662.0), (user("m"), None, 1338.0)];
+        // Nobody was rated before: nothing is read, the climbers above each rating are counted.
         let inputs = RankInputs {
-            others_in_span: vec![(user("o"), 1600.0)],
-            others_above_span: 2,
+            others_in_span: Vec::new(),
+            others_above_span: 0,
+            others_above: vec![(1338.0, 3), (1662.0, 2)],
             players,
         };
 
@@ -311,6 +348,7 @@ mod tests {
             ],
             others_in_span: vec![(user("o"), 1500.0)],
             others_above_span: 0,
+            others_above: Vec::new(),
         };
 
         let got = rank_changes(&inputs);
@@ -328,6 +366,7 @@ mod tests {
             ],
             others_in_span: vec![(user("w"), 1500.0), (user("l"), 1520.0)],
             others_above_span: 0,
+            others_above: Vec::new(),
         };
 
         let got = rank_changes(&inputs);
@@ -412,15 +451,23 @@ mod tests {
                 (user("pa"), a_before, a_after),
                 (user("pb"), b_before, b_after),
             ];
-            let (lo, hi) = RankInputs::span(&players);
+            // As the store builds them.
+            let above = |x: f64| others.iter().filter(|(_, r)| *r > x).count() as u32;
+            let (others_in_span, others_above_span) = match RankInputs::span(&players) {
+                Some((lo, hi)) => (
+                    others.iter().filter(|(_, r)| (lo..=hi).contains(r)).cloned().collect(),
+                    above(hi),
+                ),
+                None => (Vec::new(), 0),
+            };
             let inputs = RankInputs {
                 players: players.clone(),
-                others_in_span: others
-                    .iter()
-                    .filter(|(_, r)| (lo..=hi).contains(r))
-                    .cloned()
+                others_in_span,
+                others_above_span,
+                others_above: RankInputs::counted(&players)
+                    .into_iter()
+                    .map(|r| (r, above(r)))
                     .collect(),
-                others_above_span: others.iter().filter(|(_, r)| *r > hi).count() as u32,
             };
 
             let got = rank_changes(&inputs);

@@ -445,17 +445,29 @@ pub(crate) async fn settle<'a>(
             loser_after.rating,
         ),
     ];
-    let (lo, hi) = RankInputs::span(&players);
-    let others_in_span = tx
-        .rated_between(discipline, lo, hi, [&winner, &loser])
-        .await?;
-    let others_above_span = tx
-        .count_rated_above(discipline, hi, [&winner, &loser])
-        .await?;
+    // Climbers are read only where a player who was rated before can have crossed them; a
+    // newcomer's rating is placed by a count.
+    let (others_in_span, others_above_span) = match RankInputs::span(&players) {
+        Some((lo, hi)) => (
+            tx.rated_between(discipline, lo, hi, [&winner, &loser])
+                .await?,
+            tx.count_rated_above(discipline, hi, [&winner, &loser])
+                .await?,
+        ),
+        None => (Vec::new(), 0),
+    };
+    let mut others_above = Vec::new();
+    for rating in RankInputs::counted(&players) {
+        let above = tx
+            .count_rated_above(discipline, rating, [&winner, &loser])
+            .await?;
+        others_above.push((rating, above));
+    }
     let rank_changes = rating::rank_changes(&RankInputs {
         players,
         others_in_span,
         others_above_span,
+        others_above,
     });
     for (user, r) in [(&winner, &winner_after), (&loser, &loser_after)] {
         tx.save_rating(user, discipline, r, now).await?;
