@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::Script;
 
 use super::conn::Conn;
@@ -68,6 +69,13 @@ for i = 1, #entries, 2 do
 end
 return live
 ";
+
+/// Presence writes kept in flight while a node rewrites or clears all its entries. They share
+/// the multiplexed connection with the bridge's publishes and probes, which would otherwise
+/// queue behind one write per local user (16,667 at once ran past the connection's response
+/// timeout on a loaded machine, and the allocator kept what they needed: about 45 MiB a node,
+/// docs/BENCHMARKS.md); this way a publish or a probe waits behind at most this many.
+const WRITES_IN_FLIGHT: usize = 64;
 
 /// Most ids one presence question may ask about.
 pub const MAX_PRESENCE_IDS: usize = 100;
@@ -178,6 +186,15 @@ impl RedisPresence {
             .await?)
     }
 
+    /// Writes these counts (no cap), [`WRITES_IN_FLIGHT`] at a time; the first error ends it.
+    async fn write_all(&self, counts: Vec<(UserId, usize)>) -> anyhow::Result<()> {
+        futures_util::stream::iter(counts)
+            .map(|(user, n)| async move { self.write(&user, n, 0).await })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+
     /// Claims a slot for a new session of `user`, counted across the cluster. While Redis does
     /// not answer, the node keeps serving its own users: the claim is granted (the node's own
     /// cap still holds) and the next refresh writes the count.
@@ -244,10 +261,7 @@ impl RedisPresence {
             .cluster
             .presence_entries
             .store(len_i64(counts.len()), std::sync::atomic::Ordering::Relaxed);
-        let writes = counts.iter().map(|(user, n)| self.write(user, *n, 0));
-        for result in futures_util::future::join_all(writes).await {
-            result?;
-        }
+        self.write_all(counts.clone()).await?;
         if !counts.is_empty() {
             let index = self.keys.node_users(self.keys.node());
             let mut conn = self.conn.clone();
@@ -275,9 +289,12 @@ impl RedisPresence {
             .query_async(&mut conn)
             .await
             .context("reading this node's presence index")?;
-        for user in users.into_iter().filter_map(|u| UserId::parse(u).ok()) {
-            self.write(&user, 0, 0).await?;
-        }
+        let zeroes = users
+            .into_iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .map(|user| (user, 0))
+            .collect();
+        self.write_all(zeroes).await?;
         redis::cmd("DEL").arg(&index).exec_async(&mut conn).await?;
         Ok(())
     }
