@@ -151,19 +151,37 @@ pub struct MeView {
     /// Their ticket, while waiting in a queue.
     #[schema(required = true)]
     pub queue: Option<QueueView>,
-    /// The match holding them, else their latest match (ended, or awaiting the opponent's result).
+    /// The match holding them, else their latest match (ended, or awaiting the opponent's
+    /// result). Joins and leaves of the queue answer with a live match only (`null` when none
+    /// holds them): `GET /v1/me/match` reads the latest ended one.
     #[serde(rename = "match")]
     #[schema(required = true)]
     pub current: Option<Match>,
     pub challenges: ChallengeLists,
 }
 
-async fn me_view(state: &AppState, user: &UserId, standing: Standing) -> Result<MeView, ApiError> {
+/// Which match an answer carries when none holds the climber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Their latest ended match, read from the store (the engine forgets a match once it
+    /// ended): `GET /v1/me/match`.
+    Read,
+    /// None: a queue join or leave, whose answer would otherwise cost a database read per
+    /// join and halve the rate climbers are paired at.
+    Skip,
+}
+
+async fn me_view(
+    state: &AppState,
+    user: &UserId,
+    standing: Standing,
+    ended: Ended,
+) -> Result<MeView, ApiError> {
     let current = match (standing.current, standing.recent) {
         (Some(m), _) => Some(m),
         (None, Some(id)) => state.store.get_match(id).await?,
-        // The engine forgets a match once it ended; the store keeps every one.
-        (None, None) => state.store.latest_match(user).await?,
+        (None, None) if ended == Ended::Read => state.store.latest_match(user).await?,
+        (None, None) => None,
     };
     Ok(MeView {
         queue: standing.queue.map(|spot| QueueView {
@@ -229,7 +247,7 @@ pub async fn join_queue(
         .matchmaker
         .join(user.clone(), QueueKey { discipline, scope }, rating)
         .await?;
-    Ok(HttpResponse::Created().json(me_view(&state, &user, standing).await?))
+    Ok(HttpResponse::Created().json(me_view(&state, &user, standing, Ended::Skip).await?))
 }
 
 /// `DELETE /v1/queue`: stop waiting.
@@ -251,7 +269,7 @@ pub async fn leave_queue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let standing = state.matchmaker.leave(user.clone()).await?;
-    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing).await?))
+    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing, Ended::Skip).await?))
 }
 
 /// `GET /v1/me/match`: queue ticket, current or latest match, pending challenges.
@@ -274,7 +292,7 @@ pub async fn me_match(
 ) -> Result<HttpResponse, ApiError> {
     remember(&state, &user).await?;
     let standing = state.matchmaker.standing(user.clone()).await?;
-    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing).await?))
+    Ok(HttpResponse::Ok().json(me_view(&state, &user, standing, Ended::Read).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

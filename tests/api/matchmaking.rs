@@ -768,6 +768,29 @@ async fn an_ended_match_stays_the_climbers_latest_across_a_restart_until_a_newer
         get_json(&app, &ana.token, "/v1/me/match").await["match"],
         first
     );
+    // A queue join or leave answers with a live match only; the ended one stays readable.
+    let queued = post_ok(
+        &app,
+        &ana.token,
+        "/v1/queue",
+        json!({ "discipline": "lead" }),
+    )
+    .await;
+    assert_eq!(queued["queue"]["discipline"], "lead");
+    assert_eq!(queued["match"], Value::Null);
+    let left = app
+        .client
+        .delete(app.url("/v1/queue"))
+        .bearer_auth(&ana.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), StatusCode::OK);
+    assert_eq!(left.json::<Value>().await.unwrap()["match"], Value::Null);
+    assert_eq!(
+        get_json(&app, &ana.token, "/v1/me/match").await["match"],
+        first
+    );
 
     play(&app, &mut bob, &mut ana).await;
     let second = get_json(&app, &ana.token, "/v1/me/match").await["match"].clone();
