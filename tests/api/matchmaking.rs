@@ -77,6 +77,16 @@ async fn act_ok(app: &TestApp, token: &str, id: &str, action: &str) -> Value {
     post_ok(app, token, &format!("/v1/matches/{id}/{action}"), json!({})).await
 }
 
+/// `DELETE /v1/queue`.
+async fn leave(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .delete(app.url("/v1/queue"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
     let response = app.get_as(token, path).await;
     assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -283,19 +293,8 @@ async fn joining_twice_or_while_in_a_match_is_a_conflict_and_changes_nothing() {
     let me = get_json(&app, &ana.token, "/v1/me/match").await;
     assert_eq!(me["queue"], first["queue"]);
 
-    app.client
-        .delete(app.url("/v1/queue"))
-        .bearer_auth(&ana.token)
-        .send()
-        .await
-        .unwrap();
-    let gone = app
-        .client
-        .delete(app.url("/v1/queue"))
-        .bearer_auth(&ana.token)
-        .send()
-        .await
-        .unwrap();
+    leave(&app, &ana.token).await;
+    let gone = leave(&app, &ana.token).await;
     assert_error(gone, StatusCode::NOT_FOUND, "not_found").await;
 
     paired(&app, &mut ana, &mut bob).await;
@@ -778,13 +777,7 @@ async fn an_ended_match_stays_the_climbers_latest_across_a_restart_until_a_newer
     .await;
     assert_eq!(queued["queue"]["discipline"], "lead");
     assert_eq!(queued["match"], Value::Null);
-    let left = app
-        .client
-        .delete(app.url("/v1/queue"))
-        .bearer_auth(&ana.token)
-        .send()
-        .await
-        .unwrap();
+    let left = leave(&app, &ana.token).await;
     assert_eq!(left.status(), StatusCode::OK);
     assert_eq!(left.json::<Value>().await.unwrap()["match"], Value::Null);
     assert_eq!(
