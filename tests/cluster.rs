@@ -412,3 +412,81 @@ async fn cross_node_delivery_works_unchanged_on_a_redis_cluster() {
     assert!(a.online("dee").await);
     assert_eq!(b.metric("belay_bridge_up").await, 1.0);
 }
+
+/// A refresh rewrites every entry of a node, however many users it holds (the writes go out a
+/// bounded number at a time), and a restarted node's boot clears every one it left.
+#[tokio::test]
+async fn a_refresh_rewrites_and_a_boot_clears_every_entry_of_a_node_with_many_users() {
+    use std::sync::Arc;
+
+    use belay::cluster::conn::Server as RedisServer;
+    use belay::cluster::keys::Keys;
+    use belay::cluster::{Claim, RedisPresence};
+    use belay::domain::UserId;
+    use belay::metrics::Metrics;
+
+    let Some(redis) = shared() else { return };
+    let keys = Keys::new(&unique_prefix(), "n1");
+    let mut conn = RedisServer::discover(&redis)
+        .await
+        .unwrap()
+        .commands()
+        .await
+        .unwrap();
+    let presence = |conn| {
+        Arc::new(RedisPresence::new(
+            conn,
+            keys.clone(),
+            8,
+            Duration::from_secs(30),
+            Arc::new(Metrics::default()),
+        ))
+    };
+    let node = presence(conn.clone());
+    let users: Vec<UserId> = (0..300)
+        .map(|i| UserId::parse(format!("u{i}")).unwrap())
+        .collect();
+    let mut slots = Vec::new();
+    for user in &users {
+        match node.claim(user).await {
+            Claim::Granted(slot) => slots.push(slot),
+            Claim::Refused => panic!("{user:?} refused"),
+        }
+    }
+    let field = |conn: &mut belay::cluster::conn::Conn, user: &UserId| {
+        let key = keys.user_sessions(user);
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("n1")
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Redis loses every entry (a restart without persistence); the refresh writes them all.
+    for user in &users {
+        redis::cmd("DEL")
+            .arg(keys.user_sessions(user))
+            .exec_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    node.refresh().await.unwrap();
+    for user in &users {
+        let value = field(&mut conn, user).await;
+        assert!(
+            value.as_deref().is_some_and(|v| v.starts_with("1:")),
+            "{user:?}: {value:?}"
+        );
+    }
+
+    // The node crashed (its slots are never given back); its next run clears what it left.
+    std::mem::forget(slots);
+    presence(conn.clone()).clear_own().await.unwrap();
+    for user in &users {
+        assert_eq!(field(&mut conn, user).await, None, "{user:?}");
+    }
+}
