@@ -56,6 +56,18 @@ start_node() {
     exit 1
 }
 
+# CPU seconds (user + system) of every live process whose name is one of the arguments, summed:
+# `cpu_of redis-server` before and after a row gives what the shared services spent on it.
+cpu_of() {
+    local total=0 ticks pid
+    ticks=$(getconf CLK_TCK)
+    for pid in $(pgrep -x "$(IFS='|'; echo "$*")"); do
+        # Fields 14 and 15 of /proc/<pid>/stat, counted after the name's closing parenthesis.
+        total=$(($(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0) + total))
+    done
+    awk -v t="$total" -v k="$ticks" 'BEGIN { printf "%.2f", t / k }'
+}
+
 # Nchan (nginx's pub/sub module) from the Debian packages, installed only when missing; the
 # scripts run their own instances (`nginx -p <temp>`), never the system service.
 NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}

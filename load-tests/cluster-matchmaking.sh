@@ -9,6 +9,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-2}
+MODES=${MODES:-one three}
 CLIMBERS=${CLIMBERS:-6000}
 PORTS=(${PORTS:-18281 18282 18283})
 REDIS=${REDIS:-redis://127.0.0.1:6379}
@@ -23,7 +24,7 @@ trap 'stop_nodes; rm -rf "$WORK"' EXIT
 binaries
 
 for run in $(seq "$RUNS"); do
-    for mode in one three; do
+    for mode in $MODES; do
         fresh_database
         per_worker=$((CLIMBERS / 3))
         secrets=(BELAY__AUTH__API_KEY=cluster-mm-key
@@ -43,9 +44,15 @@ for run in $(seq "$RUNS"); do
         for pid in "${PIDS[@]}"; do
             server_pids+=(--server-pid "$pid")
         done
+        redis_before=$(cpu_of redis-server)
+        pg_before=$(cpu_of postgres)
         "$LOAD_BIN" matchmaking --url "http://127.0.0.1:${PORTS[0]}" "${extra[@]}" \
             --api-key cluster-mm-key --climbers "$CLIMBERS" --per-worker "$per_worker" \
             "${server_pids[@]}" --out "$OUT/$mode-$run.json" | tee "$OUT/$mode-$run.txt"
+        # The services the nodes share, over the same run (both serve this row only).
+        awk -v r0="$redis_before" -v r1="$(cpu_of redis-server)" -v p0="$pg_before" \
+            -v p1="$(cpu_of postgres)" 'BEGIN { printf "shared services CPU: redis %.2f s, postgres %.2f s\n", r1 - r0, p1 - p0 }' |
+            tee -a "$OUT/$mode-$run.txt"
         stop_nodes
     done
 done

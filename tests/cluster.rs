@@ -490,3 +490,147 @@ async fn a_refresh_rewrites_and_a_boot_clears_every_entry_of_a_node_with_many_us
         assert_eq!(field(&mut conn, user).await, None, "{user:?}");
     }
 }
+
+/// A RedisPresence for node `node` under `prefix` on the machine's Redis, and a connection for
+/// looking at its fields; None (with the reason printed) where Redis is absent.
+async fn bare_presence(
+    prefix: &str,
+    node: &str,
+) -> Option<(
+    std::sync::Arc<belay::cluster::RedisPresence>,
+    belay::cluster::conn::Conn,
+)> {
+    use belay::cluster::conn::Server as RedisServer;
+    use belay::cluster::keys::Keys;
+    use belay::metrics::Metrics;
+
+    let redis = shared()?;
+    let conn = RedisServer::discover(&redis)
+        .await
+        .unwrap()
+        .commands()
+        .await
+        .unwrap();
+    let presence = std::sync::Arc::new(belay::cluster::RedisPresence::new(
+        conn.clone(),
+        Keys::new(prefix, node),
+        8,
+        Duration::from_secs(30),
+        std::sync::Arc::new(Metrics::default()),
+    ));
+    Some((presence, conn))
+}
+
+fn granted(claim: belay::cluster::Claim) -> belay::cluster::presence::PresenceSlot {
+    match claim {
+        belay::cluster::Claim::Granted(slot) => slot,
+        belay::cluster::Claim::Refused => panic!("refused"),
+    }
+}
+
+/// Waits (at most 5 s) until `observer` sees every one of `users` online (`want`) or offline.
+async fn wait_online(
+    observer: &belay::cluster::RedisPresence,
+    users: &[belay::domain::UserId],
+    want: bool,
+) {
+    use belay::cluster::Presence;
+
+    let until = Instant::now() + Duration::from_secs(5);
+    while !observer
+        .online(users)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&on| on == want)
+    {
+        assert!(Instant::now() < until, "not all online = {want} within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session that ends just before another of the same user starts on the same node (a client
+/// reconnecting): the release of the first must not land after the claim of the second and
+/// hide it, or other nodes would stop routing the user's events to this node.
+#[tokio::test]
+async fn a_release_just_before_a_new_claim_never_hides_the_new_session() {
+    use belay::cluster::Presence;
+    use belay::domain::UserId;
+
+    let prefix = unique_prefix();
+    let Some((node, _)) = bare_presence(&prefix, "n1").await else {
+        return;
+    };
+    let (other, _) = bare_presence(&prefix, "n2").await.unwrap();
+    let ana = UserId::parse("ana").unwrap();
+    for round in 0..20 {
+        let first = granted(node.claim(&ana).await);
+        drop(first);
+        let second = granted(node.claim(&ana).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            other.is_online(&ana).await.unwrap(),
+            "round {round}: the new session is hidden by the old one's release"
+        );
+        drop(second);
+        wait_online(&other, std::slice::from_ref(&ana), false).await;
+    }
+}
+
+/// A node's writes may reach Redis in any order: the newest count stays. A run of the node id
+/// that started earlier (its change numbers are older) cannot overwrite the newer one's entry,
+/// neither with a claim nor with a release.
+#[tokio::test]
+async fn an_older_presence_write_never_overwrites_a_newer_one() {
+    use belay::cluster::Presence;
+    use belay::domain::UserId;
+
+    let prefix = unique_prefix();
+    let Some((older, _)) = bare_presence(&prefix, "n1").await else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (newer, _) = bare_presence(&prefix, "n1").await.unwrap();
+    let (observer, _) = bare_presence(&prefix, "n2").await.unwrap();
+    let bob = UserId::parse("bob").unwrap();
+
+    let kept = granted(newer.claim(&bob).await);
+    let stale = granted(older.claim(&bob).await);
+    drop(stale);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        observer.is_online(&bob).await.unwrap(),
+        "an older release removed a newer session"
+    );
+    drop(kept);
+    wait_online(&observer, std::slice::from_ref(&bob), false).await;
+}
+
+/// Every session of a node ends at once (its clients leave together): each user's entry goes
+/// to zero, written by one writer a bounded number at a time.
+#[tokio::test]
+async fn when_every_session_of_a_node_ends_at_once_every_entry_goes_to_zero() {
+    use belay::cluster::Presence;
+    use belay::domain::UserId;
+
+    let prefix = unique_prefix();
+    let Some((node, _)) = bare_presence(&prefix, "n1").await else {
+        return;
+    };
+    let (observer, _) = bare_presence(&prefix, "n2").await.unwrap();
+    let users: Vec<UserId> = (0..300)
+        .map(|i| UserId::parse(format!("u{i}")).unwrap())
+        .collect();
+    let mut slots = Vec::new();
+    for user in &users {
+        slots.push(granted(node.claim(user).await));
+        slots.push(granted(node.claim(user).await));
+    }
+    assert!(observer.online(&users).await.unwrap().iter().all(|&on| on));
+    // Half of them, then the rest while the first writes are under way.
+    let rest = slots.split_off(slots.len() / 2);
+    drop(slots);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(rest);
+    wait_online(&observer, &users, false).await;
+}

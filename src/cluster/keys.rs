@@ -38,7 +38,7 @@ impl Keys {
         format!("{{{}:broadcast}}", self.prefix)
     }
 
-    /// Hash of a user's live sessions: field = node id, value = `count:expires_at_ms`.
+    /// Hash of a user's live sessions: field = node id, value = `count:expires_at_ms:change`.
     pub fn user_sessions(&self, user: &UserId) -> String {
         format!("{{{}:user:{user}}}:sessions", self.prefix)
     }

@@ -3,15 +3,16 @@
 //! [`LocalPresence`] answers it on a single node, [`RedisPresence`] across the cluster.
 //!
 //! In Redis each user has one hash, `{prefix:user:<id>}:sessions`: a field per node holding
-//! `count:expires_at_ms`. A node rewrites its fields on a heartbeat, so a crashed node's fields
-//! pass their expiry within `cluster.presence_ttl_secs` and count for nothing; scripts drop them
-//! as they pass. Counting and claiming a session slot is one Lua script on the user's hash, so
-//! the per-user cap holds across nodes. This node's own counts are the truth for its fields:
-//! every write sets the whole count (never adds to it), so a lost or late write is corrected by
-//! the next refresh. Part of "Delivery order" (docs/ARCHITECTURE.md): the bridge routes a user's
+//! `count:expires_at_ms:change`. A node rewrites its fields on a heartbeat, so a crashed node's
+//! fields pass their expiry within `cluster.presence_ttl_secs` and count for nothing; scripts
+//! drop them as they pass. Counting and claiming a session slot is one Lua script on the user's
+//! hash, so the per-user cap holds across nodes. This node's own counts are the truth for its
+//! fields: every write sets the whole count (never adds to it), so a lost write is corrected by
+//! the next refresh, and carries the node's change number, so a late write never overwrites a
+//! newer one. Part of "Delivery order" (docs/ARCHITECTURE.md): the bridge routes a user's
 //! events to the nodes listed here, and a session's slot is written before it reads the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,31 +28,38 @@ use crate::metrics::Metrics;
 
 /// Sets this node's count of a user's sessions (dropping expired fields on the way) and returns
 /// the total; with a cap (ARGV[3] > 0) refuses with -1, changing nothing, when the other nodes'
-/// live sessions plus this node's new count would pass it.
+/// live sessions plus this node's new count would pass it. A write older (ARGV[5], the node's
+/// change number) than the one this node's field holds changes nothing: the node's writes may
+/// reach Redis in any order, the newest count stays. A count of 0 is kept as a tombstone until
+/// it expires, so an older write cannot bring the count back.
 const SET_COUNT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local others = 0
+local held = nil
+local held_seq = 0
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local n, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  local n, e, s = string.match(entries[i + 1], '^(%d+):(%d+):?(%d*)$')
   if n == nil or tonumber(e) <= now then
     redis.call('HDEL', KEYS[1], entries[i])
   elseif entries[i] ~= ARGV[1] then
     others = others + tonumber(n)
+  else
+    held = tonumber(n)
+    held_seq = tonumber(s) or 0
   end
+end
+if held ~= nil and held_seq > tonumber(ARGV[5]) then
+  return others + held
 end
 local mine = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 if cap > 0 and others + mine > cap then
   return -1
 end
-if mine == 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], mine .. ':' .. (now + tonumber(ARGV[4])))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
+redis.call('HSET', KEYS[1], ARGV[1], mine .. ':' .. (now + tonumber(ARGV[4])) .. ':' .. ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return others + mine
 ";
 
@@ -62,7 +70,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local n, e = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  local n, e = string.match(entries[i + 1], '^(%d+):(%d+)')
   if n ~= nil and tonumber(n) > 0 and tonumber(e) > now then
     table.insert(live, entries[i])
   end
@@ -130,14 +138,35 @@ pub enum Claim {
     Refused,
 }
 
+/// This node's side of presence: the truth its Redis fields are written from.
+struct Local {
+    /// Sessions per user on this node.
+    counts: HashMap<UserId, usize>,
+    /// The change number: it grows with every change of a count, and each write carries the
+    /// number it read with the count, so Redis keeps the newest count whatever order the writes
+    /// arrive in. It starts from the clock (in microseconds) so a restarted node's writes are
+    /// newer than its previous run's.
+    seq: u64,
+    /// Users whose count went down and is not written yet: the release writer's work.
+    dirty: HashSet<UserId>,
+    /// Whether the release writer is running.
+    writing: bool,
+}
+
+impl Local {
+    fn changed(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
 /// Presence kept in Redis for the whole cluster.
 pub struct RedisPresence {
     conn: Conn,
     keys: Keys,
     max_sessions: usize,
     ttl: Duration,
-    /// This node's sessions per user: the truth its Redis fields are rewritten from.
-    local: Mutex<HashMap<UserId, usize>>,
+    local: Mutex<Local>,
     set_count: Script,
     live_nodes: Script,
     metrics: Arc<Metrics>,
@@ -156,7 +185,18 @@ impl RedisPresence {
             keys,
             max_sessions,
             ttl,
-            local: Mutex::default(),
+            local: Mutex::new(Local {
+                counts: HashMap::new(),
+                seq: u64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_micros(),
+                )
+                .unwrap_or(0),
+                dirty: HashSet::new(),
+                writing: false,
+            }),
             set_count: Script::new(SET_COUNT),
             live_nodes: Script::new(LIVE_NODES),
             metrics,
@@ -167,13 +207,19 @@ impl RedisPresence {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes this node's count for `user`; `cap` 0 means no check. Returns the total, or -1
-    /// when refused by the cap.
-    async fn write(&self, user: &UserId, count: usize, cap: usize) -> anyhow::Result<i64> {
+    /// Writes this node's count for `user` as of change `seq`; `cap` 0 means no check. Returns
+    /// the total, or -1 when refused by the cap.
+    async fn write(
+        &self,
+        user: &UserId,
+        count: usize,
+        cap: usize,
+        seq: u64,
+    ) -> anyhow::Result<i64> {
         let mut conn = self.conn.clone();
         Ok(self
             .set_count
@@ -182,14 +228,16 @@ impl RedisPresence {
             .arg(count)
             .arg(cap)
             .arg(self.ttl_ms())
+            .arg(seq)
             .invoke_async(&mut conn)
             .await?)
     }
 
-    /// Writes these counts (no cap), [`WRITES_IN_FLIGHT`] at a time; the first error ends it.
-    async fn write_all(&self, counts: Vec<(UserId, usize)>) -> anyhow::Result<()> {
+    /// Writes these counts as of change `seq` (no cap), [`WRITES_IN_FLIGHT`] at a time; the
+    /// first error ends it.
+    async fn write_all(&self, counts: Vec<(UserId, usize)>, seq: u64) -> anyhow::Result<()> {
         futures_util::stream::iter(counts)
-            .map(|(user, n)| async move { self.write(&user, n, 0).await })
+            .map(|(user, n)| async move { self.write(&user, n, 0, seq).await })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_for_each(|_| async { Ok(()) })
             .await
@@ -199,21 +247,22 @@ impl RedisPresence {
     /// not answer, the node keeps serving its own users: the claim is granted (the node's own
     /// cap still holds) and the next refresh writes the count.
     pub async fn claim(self: &Arc<Self>, user: &UserId) -> Claim {
-        let count = {
+        let (count, seq) = {
             let mut local = self.local();
-            let n = local.entry(user.clone()).or_insert(0);
+            let n = local.counts.entry(user.clone()).or_insert(0);
             *n += 1;
-            *n
+            let count = *n;
+            (count, local.changed())
         };
         let slot = || PresenceSlot {
             presence: self.clone(),
             user: user.clone(),
         };
-        match self.write(user, count, self.max_sessions).await {
+        match self.write(user, count, self.max_sessions, seq).await {
             Ok(-1) => {
-                // Nothing was written: only the local count goes back.
-                let mut local = self.local();
-                release_local(&mut local, user);
+                // Nothing was written; a refresh may have written the raised count meanwhile,
+                // so the count that goes back is written too.
+                self.released(user.clone());
                 Claim::Refused
             }
             Ok(_) => {
@@ -227,7 +276,7 @@ impl RedisPresence {
                     tracing::debug!(error = ?error, "indexing a presence entry");
                 }
                 self.metrics.cluster.presence_entries.store(
-                    len_i64(self.local().len()),
+                    len_i64(self.local().counts.len()),
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 Claim::Granted(slot())
@@ -255,13 +304,17 @@ impl RedisPresence {
 
     /// Rewrites every entry of this node (the heartbeat, and after Redis came back).
     pub async fn refresh(&self) -> anyhow::Result<()> {
-        let counts: Vec<(UserId, usize)> =
-            self.local().iter().map(|(u, n)| (u.clone(), *n)).collect();
+        let (counts, seq) = {
+            let local = self.local();
+            let counts: Vec<(UserId, usize)> =
+                local.counts.iter().map(|(u, n)| (u.clone(), *n)).collect();
+            (counts, local.seq)
+        };
         self.metrics
             .cluster
             .presence_entries
             .store(len_i64(counts.len()), std::sync::atomic::Ordering::Relaxed);
-        self.write_all(counts.clone()).await?;
+        self.write_all(counts.clone(), seq).await?;
         if !counts.is_empty() {
             let index = self.keys.node_users(self.keys.node());
             let mut conn = self.conn.clone();
@@ -289,30 +342,76 @@ impl RedisPresence {
             .query_async(&mut conn)
             .await
             .context("reading this node's presence index")?;
-        let zeroes = users
-            .into_iter()
-            .filter_map(|u| UserId::parse(u).ok())
-            .map(|user| (user, 0))
-            .collect();
-        self.write_all(zeroes).await?;
+        // Deleted outright, whatever change number they carry: no session of this node id
+        // lives before this point.
+        futures_util::stream::iter(users.into_iter().filter_map(|u| UserId::parse(u).ok()))
+            .map(|user| {
+                let mut conn = self.conn.clone();
+                let key = self.keys.user_sessions(&user);
+                async move {
+                    redis::cmd("HDEL")
+                        .arg(key)
+                        .arg(self.keys.node())
+                        .exec_async(&mut conn)
+                        .await
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+            .context("clearing this node's presence entries")?;
         redis::cmd("DEL").arg(&index).exec_async(&mut conn).await?;
         Ok(())
     }
 
+    /// A session of `user` ended (or its claim was refused): the count goes down at once, and
+    /// the release writer writes it. However many sessions end at once (a node's clients all
+    /// leave), one writer keeps at most [`WRITES_IN_FLIGHT`] writes going, a user's several
+    /// releases become one write, and each write carries the count as it is when sent.
     fn released(self: &Arc<Self>, user: UserId) {
-        let count = {
+        let start = {
             let mut local = self.local();
-            release_local(&mut local, &user)
+            release_local(&mut local.counts, &user);
+            local.changed();
+            local.dirty.insert(user);
+            !std::mem::replace(&mut local.writing, true)
         };
-        let presence = self.clone();
-        // Dropped on a worker thread inside its runtime; without one (a test tearing down)
-        // the heartbeat corrects the count instead.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = presence.write(&user, count, 0).await {
-                    tracing::debug!(error = ?error, "releasing a presence entry");
+        if start {
+            // Dropped on a worker thread inside its runtime; without one (a test tearing down)
+            // the next release or the heartbeat writes the count instead.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.clone().write_released());
                 }
-            });
+                Err(_) => self.local().writing = false,
+            }
+        }
+    }
+
+    /// The release writer: writes the counts of the users released since its last round, until
+    /// none is left. A write that fails is left to the heartbeat (and to the refresh after a
+    /// reconnect), as a lost one would be.
+    async fn write_released(self: Arc<Self>) {
+        loop {
+            let (counts, seq) = {
+                let mut local = self.local();
+                if local.dirty.is_empty() {
+                    local.writing = false;
+                    return;
+                }
+                let users = std::mem::take(&mut local.dirty);
+                let counts: Vec<(UserId, usize)> = users
+                    .into_iter()
+                    .map(|u| {
+                        let n = local.counts.get(&u).copied().unwrap_or(0);
+                        (u, n)
+                    })
+                    .collect();
+                (counts, local.seq)
+            };
+            if let Err(error) = self.write_all(counts, seq).await {
+                tracing::debug!(error = ?error, "releasing presence entries");
+            }
         }
     }
 }
