@@ -50,6 +50,7 @@ struct Node {
 struct Cluster {
     nodes: Vec<Node>,
     database: Database,
+    prefix: String,
     http: reqwest::Client,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -87,6 +88,7 @@ async fn cluster_of(n: usize) -> Option<Cluster> {
     Some(Cluster {
         nodes,
         database,
+        prefix,
         http,
         _dirs: dirs,
     })
@@ -166,6 +168,35 @@ impl Cluster {
         .await
         .unwrap();
         rows.into_iter().map(|(u, k, n)| ((u, k), n)).collect()
+    }
+
+    /// The last fencing number Redis handed out (the current term's).
+    async fn lease_number(&self) -> i64 {
+        let client = redis::Client::open(REDIS_URL).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("GET")
+            .arg(format!("{{{}:mm}}:fence", self.prefix))
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 5 s) until the store holds the current term's fencing number.
+    async fn term_recorded(&self) -> i64 {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (stored, _) = self.fence().await;
+            let current = self.lease_number().await;
+            if stored == current && current > 0 {
+                return current;
+            }
+            assert!(
+                Instant::now() < until,
+                "the store holds fencing number {stored}, the term is {current}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn fence(&self) -> (i64, Option<String>) {
@@ -364,6 +395,29 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
     }
     let (token, _) = cluster.fence().await;
     assert!(token >= 2, "the successor wrote with a new number: {token}");
+}
+
+/// A leader writes its term's fencing number to the store before it reads the engine from it,
+/// with no command to apply: a commit the deposed leader makes after that is refused, one it
+/// made before is read by the successor.
+#[tokio::test]
+async fn a_new_leader_records_its_fencing_number_before_it_restores() {
+    let Some(mut cluster) = cluster_of(2).await else {
+        return;
+    };
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let first = cluster.term_recorded().await;
+    signal(&cluster.nodes[leader].process.0, "KILL");
+    let _ = cluster.nodes[leader].process.0.wait();
+    cluster
+        .leader(&[1 - leader], Duration::from_secs(10))
+        .await
+        .expect("the other node takes the lease");
+    let second = cluster.term_recorded().await;
+    assert!(second > first, "{first} then {second}");
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ use super::matchmaker::{CallError, Keys};
 use crate::actors::matchmaker::{
     Apply, MatchAction, MatchmakerActor, MatchmakingError, Standing, StepDown, load_engine,
 };
-use crate::domain::{Challenge, Discipline, Match, Scope, UserId};
+use crate::domain::{Challenge, Change, Discipline, Match, Scope, UserId};
 use crate::matchmaking::engine::{QueueSpot, Refusal, Timing};
 use crate::matchmaking::policy::Policy;
 use crate::matchmaking::pool::{QueueKey, Ticket};
@@ -441,8 +441,33 @@ impl Leader {
         }
     }
 
-    /// One term: restore, follow the stream while the lease lasts, step down.
+    /// One term: record its fencing number, restore, follow the stream while the lease lasts,
+    /// step down.
     async fn serve(&mut self, term: Term) -> anyhow::Result<()> {
+        // The term's number is in the store before the engine is read from it: a deposed
+        // leader's commit that was late (after its lease, before this read) would otherwise
+        // pass the fence unseen by this engine. Now it is either read here or refused.
+        let recorded = self
+            .notifier
+            .apply(vec![(
+                vec![Change::Fence {
+                    token: term.token,
+                    command: None,
+                }],
+                Vec::new(),
+            )])
+            .await;
+        match recorded {
+            Ok(_) => {}
+            Err(error) if crate::store::Fenced::is(&error) => {
+                tracing::warn!(
+                    token = term.token,
+                    "a newer leader has written; not taking over"
+                );
+                return Ok(());
+            }
+            Err(error) => return Err(error.context("recording the term's fencing number")),
+        }
         let fence = self.store.matchmaker_fence().await?;
         let (engine, restored) =
             load_engine(self.store.as_ref(), self.policy.clone(), self.timing).await?;
