@@ -170,6 +170,17 @@ impl Cluster {
         rows.into_iter().map(|(u, k, n)| ((u, k), n)).collect()
     }
 
+    /// Entries in the command stream (none is trimmed within a test's few seconds).
+    async fn stream_length(&self) -> i64 {
+        let client = redis::Client::open(REDIS_URL).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("XLEN")
+            .arg(format!("{{{}:mm}}:commands", self.prefix))
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// The last fencing number Redis handed out (the current term's).
     async fn lease_number(&self) -> i64 {
         let client = redis::Client::open(REDIS_URL).unwrap();
@@ -213,6 +224,70 @@ impl Cluster {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+/// The leader's own node hands its climbers' commands to its matchmaker directly: they pair with
+/// each other and with climbers whose commands came through the stream, and never enter the
+/// stream.
+#[tokio::test]
+async fn commands_on_the_leaders_own_node_skip_the_stream_and_meet_the_others() {
+    let Some(cluster) = cluster_of(2).await else {
+        return;
+    };
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let follower = 1 - leader;
+    // The lease is held before the leader has restored its engine; its own node's commands go
+    // through the stream until then (a few milliseconds).
+    cluster.term_recorded().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let [ana, bob, cleo] = [
+        cluster.token(leader, "ana").await,
+        cluster.token(leader, "bob").await,
+        cluster.token(follower, "cleo").await,
+    ];
+
+    // Both on the leader's node.
+    let (status, _) = cluster.join(leader, &ana, "gym-l").await;
+    assert_eq!(status, 201);
+    let (status, paired) = cluster.join(leader, &bob, "gym-l").await;
+    assert_eq!(status, 201, "{paired}");
+    let duel = paired["match"]["match_id"]
+        .as_str()
+        .expect("paired at once");
+    assert_eq!(
+        cluster.stream_length().await,
+        0,
+        "nothing went through the stream"
+    );
+    assert_eq!(cluster.fence().await.1, None, "no stream id recorded");
+    let seen = cluster.me(follower, &ana).await;
+    assert_eq!(seen["match"]["match_id"].as_str(), Some(duel), "{seen}");
+
+    // One through the stream, one on the leader's node: one match.
+    let (status, _) = cluster.join(follower, &cleo, "gym-m").await;
+    assert_eq!(status, 201);
+    assert_eq!(cluster.stream_length().await, 1);
+    let dan = cluster.token(leader, "dan").await;
+    let (status, paired) = cluster.join(leader, &dan, "gym-m").await;
+    assert_eq!(status, 201, "{paired}");
+    let players: Vec<&str> = paired["match"]["players"]
+        .as_array()
+        .expect("paired at once")
+        .iter()
+        .filter_map(|p| p["user_id"].as_str())
+        .collect();
+    assert!(
+        players.contains(&"cleo") && players.contains(&"dan"),
+        "{paired}"
+    );
+
+    // A refusal on the leader's node is answered as on any node.
+    let (status, refused) = cluster.join(leader, &dan, "gym-m").await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"], "in_match", "{refused}");
 }
 
 #[tokio::test]

@@ -563,13 +563,16 @@ impl Handler<Resync> for MatchmakerActor {
     }
 }
 
-/// Cluster mode: one command read from the stream, with its stream id (`None`: the entry could
-/// not be read; its id is still recorded, so no leader meets it again). Runs the same engine
-/// calls as the local messages; the answer resolves once the step and the id are committed.
+/// Cluster mode: one command for the leader's engine, read from the stream with its stream id
+/// (`command` None: the entry could not be read; its id is still recorded, so no leader meets
+/// it again), or sent by the leader's own node. Runs the same engine calls as the local
+/// messages; the answer resolves once the step (and the id) are committed.
 #[derive(Message)]
 #[rtype(result = "Answer")]
 pub struct Apply {
-    pub id: String,
+    /// The stream id, recorded with the command's changes; None for the leader's own node's
+    /// commands, which do not go through the stream.
+    pub id: Option<String>,
     pub command: Option<Command>,
 }
 
@@ -639,7 +642,7 @@ impl Handler<Apply> for MatchmakerActor {
             },
         };
         self.count(&step);
-        let step = self.fenced(step, Some(msg.id));
+        let step = self.fenced(step, msg.id);
         let committed = self.commit_fenced(step);
         self.arm(ctx);
         Box::pin(async move {

@@ -257,22 +257,60 @@ impl Answer {
     }
 }
 
-/// A reply on a node's channel.
+/// A reply on a node's channel. The leader publishes the replies for one node that are ready
+/// together as one JSON array.
 #[derive(Debug, Serialize, Deserialize)]
 struct Reply {
     request: Uuid,
     answer: Answer,
 }
 
+/// Most replies in one published message.
+const REPLY_BATCH: usize = 256;
+
+/// The matchmaker of this node's current term, while the node leads: the node's own commands go
+/// to it directly, not through the stream (no `XADD`, no stream read, no published answer).
+#[derive(Clone, Default)]
+pub struct LocalLead(Arc<Mutex<Option<Lead>>>);
+
+/// A term and the matchmaker running it.
+type Lead = (Term, Addr<MatchmakerActor>);
+
+impl LocalLead {
+    fn set(&self, lead: Option<Lead>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = lead;
+        }
+    }
+
+    fn get(&self) -> Option<Lead> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
 type Waiting = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Answer>>>>;
 
-/// A node's side of the stream: appends commands and waits for their answers.
+/// A node's side of the stream: appends commands and waits for their answers; while the node
+/// leads, hands them to its own matchmaker instead.
 pub struct CommandClient {
     redis: ConnectionManager,
     keys: Keys,
     node: String,
     timeout: Duration,
     waiting: Waiting,
+    lead: LocalLead,
+    leadership: watch::Receiver<Option<Term>>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+/// What [`CommandClient::start`] needs besides the stream: where this node's own matchmaker is
+/// while it leads, and the lease it leads by.
+pub struct OwnLead {
+    pub lead: LocalLead,
+    pub leadership: watch::Receiver<Option<Term>>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Forgets a waiting request when its caller stops waiting (answered, timed out, or gone).
@@ -295,6 +333,7 @@ impl CommandClient {
         keys: Keys,
         node: String,
         timeout: Duration,
+        own: OwnLead,
     ) -> anyhow::Result<CommandClient> {
         let waiting: Waiting = Arc::default();
         let (ready, subscribed) = oneshot::channel();
@@ -314,11 +353,55 @@ impl CommandClient {
             node,
             timeout,
             waiting,
+            lead: own.lead,
+            leadership: own.leadership,
+            clock: own.clock,
+            metrics: own.metrics,
         })
     }
 
-    /// Appends `command` to the stream and waits for the leader's answer.
+    /// This node's matchmaker, while its term is valid.
+    fn leading(&self) -> Option<Addr<MatchmakerActor>> {
+        let (term, actor) = self.lead.get()?;
+        let valid = self
+            .leadership
+            .borrow()
+            .is_some_and(|t| t.token == term.token && self.clock.now() < t.valid_until);
+        valid.then_some(actor)
+    }
+
+    /// Runs `command` on the leader: this node's own matchmaker when it leads, else through the
+    /// stream.
     pub async fn call(&self, command: Command) -> Result<Answer, CallError> {
+        if let Some(actor) = self.leading() {
+            let applied = actor.send(Apply {
+                id: None,
+                command: Some(command.clone()),
+            });
+            // A term that ends meanwhile (the matchmaker stopped, or the store refused its
+            // number) answers like a leader that did not answer: the command may or may not have
+            // been applied, and `GET /v1/me/match` tells which.
+            return match tokio::time::timeout(self.timeout, applied).await {
+                Ok(Ok(Answer::Fenced)) | Ok(Err(_)) | Err(_) => Err(self.no_answer()),
+                Ok(Ok(answer)) => {
+                    Metrics::add(&self.metrics.commands_applied, 1);
+                    Ok(answer)
+                }
+            };
+        }
+        self.through_stream(command).await
+    }
+
+    fn no_answer(&self) -> CallError {
+        CallError::Unavailable(format!(
+            "the matchmaker leader did not answer within {} ms; GET /v1/me/match shows \
+             whether the command was applied",
+            self.timeout.as_millis()
+        ))
+    }
+
+    /// Appends `command` to the stream and waits for the leader's answer.
+    async fn through_stream(&self, command: Command) -> Result<Answer, CallError> {
         let request = Uuid::new_v4();
         let (answer, answered) = oneshot::channel();
         if let Ok(mut waiting) = self.waiting.lock() {
@@ -343,11 +426,7 @@ impl CommandClient {
                 CallError::Unavailable(format!("the command stream is unreachable: {e}"))
             })?;
         match tokio::time::timeout(self.timeout, answered).await {
-            Ok(Ok(Answer::Fenced)) | Ok(Err(_)) | Err(_) => Err(CallError::Unavailable(format!(
-                "the matchmaker leader did not answer within {} ms; GET /v1/me/match shows \
-                 whether the command was applied",
-                self.timeout.as_millis()
-            ))),
+            Ok(Ok(Answer::Fenced)) | Ok(Err(_)) | Err(_) => Err(self.no_answer()),
             Ok(Ok(answer)) => Ok(answer),
         }
     }
@@ -369,18 +448,25 @@ async fn listen(
                     }
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        let Ok(reply) =
-                            serde_json::from_slice::<Reply>(message.get_payload_bytes())
-                        else {
-                            tracing::warn!("an unreadable matchmaking reply");
+                        let payload = message.get_payload_bytes();
+                        let replies = match serde_json::from_slice::<Vec<Reply>>(payload) {
+                            Ok(replies) => replies,
+                            // One reply alone, as a node of an earlier version publishes it.
+                            Err(_) => match serde_json::from_slice::<Reply>(payload) {
+                                Ok(reply) => vec![reply],
+                                Err(_) => {
+                                    tracing::warn!("an unreadable matchmaking reply");
+                                    continue;
+                                }
+                            },
+                        };
+                        let Ok(mut waiting) = waiting.lock() else {
                             continue;
                         };
-                        let waiter = waiting
-                            .lock()
-                            .ok()
-                            .and_then(|mut w| w.remove(&reply.request));
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(reply.answer);
+                        for reply in replies {
+                            if let Some(waiter) = waiting.remove(&reply.request) {
+                                let _ = waiter.send(reply.answer);
+                            }
                         }
                     }
                     tracing::warn!("the matchmaking reply subscription ended; subscribing again");
@@ -405,6 +491,8 @@ pub struct Leader {
     pub redis: ConnectionManager,
     pub clock: Clock,
     pub leadership: watch::Receiver<Option<Term>>,
+    /// Where this node's own commands find the matchmaker while this node leads.
+    pub lead: LocalLead,
 }
 
 impl Leader {
@@ -484,7 +572,9 @@ impl Leader {
             after = fence.last_command.as_deref().unwrap_or("the start"),
             "matchmaker restored; following the command stream"
         );
+        self.lead.set(Some((term, actor.clone())));
         let followed = self.follow(term, &actor, fence.last_command).await;
+        self.lead.set(None);
         actor.do_send(StepDown);
         followed
     }
@@ -504,6 +594,12 @@ impl Leader {
             .context("connecting to read the command stream")?;
         let mut after = last.unwrap_or_else(|| "0-0".to_owned());
         let mut trimmed_at = tokio::time::Instant::now();
+        let (replies, ready) = tokio::sync::mpsc::unbounded_channel();
+        actix::spawn(publish_replies(
+            self.redis.clone(),
+            self.keys.clone(),
+            ready,
+        ));
         type Entries = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
         while self.still_leading(term) && actor.connected() {
             let read: Entries = redis::cmd("XREAD")
@@ -523,7 +619,7 @@ impl Leader {
                     if !self.still_leading(term) {
                         return Ok(());
                     }
-                    self.apply(actor, &id, fields.get(FIELD).map(String::as_str));
+                    self.apply(actor, &id, fields.get(FIELD).map(String::as_str), &replies);
                     after = id;
                 }
             }
@@ -536,8 +632,14 @@ impl Leader {
     }
 
     /// Hands one entry to the actor (in stream order: the mailbox keeps it) and, once it is
-    /// committed, publishes the answer to the node that asked.
-    fn apply(&self, actor: &Addr<MatchmakerActor>, id: &str, entry: Option<&str>) {
+    /// committed, passes the answer on to be published to the node that asked.
+    fn apply(
+        &self,
+        actor: &Addr<MatchmakerActor>,
+        id: &str,
+        entry: Option<&str>,
+        replies: &tokio::sync::mpsc::UnboundedSender<(String, Reply)>,
+    ) {
         let envelope = entry.and_then(|e| serde_json::from_str::<Envelope>(e).ok());
         if envelope.is_none() {
             tracing::warn!(id, "an unreadable matchmaking command; recorded as applied");
@@ -549,11 +651,10 @@ impl Leader {
                 .store(lag.max(0), std::sync::atomic::Ordering::Relaxed);
         }
         let applied = actor.send(Apply {
-            id: id.to_owned(),
+            id: Some(id.to_owned()),
             command: envelope.as_ref().map(|e| e.command.clone()),
         });
-        let mut redis = self.redis.clone();
-        let keys = self.keys.clone();
+        let replies = replies.clone();
         let metrics = self.metrics.clone();
         actix::spawn(async move {
             let Ok(answer) = applied.await else {
@@ -570,17 +671,7 @@ impl Leader {
                 request: envelope.request,
                 answer,
             };
-            let Ok(payload) = serde_json::to_string(&reply) else {
-                return;
-            };
-            let published = redis::cmd("PUBLISH")
-                .arg(keys.replies_of(&envelope.node))
-                .arg(payload)
-                .query_async::<i64>(&mut redis)
-                .await;
-            if let Err(error) = published {
-                tracing::warn!(%error, "publishing a matchmaking answer");
-            }
+            let _ = replies.send((envelope.node, reply));
         });
     }
 
@@ -602,6 +693,41 @@ impl Leader {
             .await;
         if let Err(error) = trimmed {
             tracing::debug!(%error, "trimming the command stream");
+        }
+    }
+}
+
+/// Publishes the leader's answers: whatever is ready when a publish starts goes out together,
+/// one message (a JSON array) per asking node, while the next waits. Ends when the term's last
+/// answer has been passed on.
+async fn publish_replies(
+    mut redis: ConnectionManager,
+    keys: Keys,
+    mut ready: tokio::sync::mpsc::UnboundedReceiver<(String, Reply)>,
+) {
+    while let Some(first) = ready.recv().await {
+        let mut by_node: HashMap<String, Vec<Reply>> = HashMap::new();
+        let mut taken = 1;
+        by_node.entry(first.0).or_default().push(first.1);
+        while taken < REPLY_BATCH {
+            let Ok((node, reply)) = ready.try_recv() else {
+                break;
+            };
+            by_node.entry(node).or_default().push(reply);
+            taken += 1;
+        }
+        for (node, batch) in by_node {
+            let Ok(payload) = serde_json::to_string(&batch) else {
+                continue;
+            };
+            let published = redis::cmd("PUBLISH")
+                .arg(keys.replies_of(&node))
+                .arg(payload)
+                .query_async::<i64>(&mut redis)
+                .await;
+            if let Err(error) = published {
+                tracing::warn!(%error, "publishing matchmaking answers");
+            }
         }
     }
 }

@@ -74,6 +74,13 @@ pub async fn join(
         stopped,
         metrics.clone(),
     ));
+    let lead = super::commands::LocalLead::default();
+    let own = super::commands::OwnLead {
+        lead: lead.clone(),
+        leadership: led.clone(),
+        clock,
+        metrics: metrics.clone(),
+    };
     let leader = Leader {
         store: store.clone(),
         notifier,
@@ -85,10 +92,11 @@ pub async fn join(
         redis: redis.clone(),
         clock,
         leadership: led,
+        lead,
     };
     actix::spawn(leader.run());
     let timeout = Duration::from_millis(settings.cluster.command_timeout_ms);
-    let commands = CommandClient::start(client, redis, keys, node.clone(), timeout).await?;
+    let commands = CommandClient::start(client, redis, keys, node.clone(), timeout, own).await?;
     tracing::info!(node, "cluster mode: matchmaking commands go through redis");
     Ok((
         Matchmaker::Cluster {
