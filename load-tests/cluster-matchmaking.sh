@@ -11,6 +11,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-2}
 MODES=${MODES:-one three}
 CLIMBERS=${CLIMBERS:-6000}
+# Join and ready requests in flight per client process (belay-load's --concurrency).
+CONCURRENCY=${CONCURRENCY:-64}
 PORTS=(${PORTS:-18281 18282 18283})
 REDIS=${REDIS:-redis://127.0.0.1:6379}
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -47,7 +49,7 @@ for run in $(seq "$RUNS"); do
         redis_before=$(cpu_of redis-server)
         pg_before=$(cpu_of postgres)
         "$LOAD_BIN" matchmaking --url "http://127.0.0.1:${PORTS[0]}" "${extra[@]}" \
-            --api-key cluster-mm-key --climbers "$CLIMBERS" --per-worker "$per_worker" \
+            --api-key cluster-mm-key --climbers "$CLIMBERS" --per-worker "$per_worker" --concurrency "$CONCURRENCY" \
             "${server_pids[@]}" --out "$OUT/$mode-$run.json" | tee "$OUT/$mode-$run.txt"
         # The services the nodes share, over the same run (both serve this row only).
         awk -v r0="$redis_before" -v r1="$(cpu_of redis-server)" -v p0="$pg_before" \
