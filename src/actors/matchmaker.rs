@@ -319,9 +319,10 @@ pub struct Standing {
     pub queue: Option<QueueSpot>,
     /// The match holding them, else their latest match while it is still live.
     pub current: Option<Match>,
-    /// Their latest match when it has ended, when the one answering already knows its id. With
-    /// neither, the store is asked for their latest match: the engine forgets ended ones.
-    pub recent: Option<Uuid>,
+    /// Their latest match when it has ended, when the one answering read it already (a node in
+    /// cluster mode reads the climber's standing from the store). With neither, `GET
+    /// /v1/me/match` asks the store for their latest match: the engine forgets ended ones.
+    pub ended: Option<Match>,
     pub incoming: Vec<Challenge>,
     pub outgoing: Vec<Challenge>,
 }
@@ -343,7 +344,7 @@ impl MatchmakerActor {
         Standing {
             queue: self.engine.queue_spot(user),
             current,
-            recent: None,
+            ended: None,
             incoming: incoming.into_iter().cloned().collect(),
             outgoing: outgoing.into_iter().cloned().collect(),
         }

@@ -127,7 +127,6 @@ pub struct WireSpot {
 pub struct WireStanding {
     pub queue: Option<WireSpot>,
     pub current: Option<Match>,
-    pub recent: Option<Uuid>,
     pub incoming: Vec<Challenge>,
     pub outgoing: Vec<Challenge>,
 }
@@ -142,7 +141,6 @@ impl From<Standing> for WireStanding {
                 queued_at: spot.ticket.queued_at,
             }),
             current: s.current,
-            recent: s.recent,
             incoming: s.incoming,
             outgoing: s.outgoing,
         }
@@ -164,7 +162,8 @@ impl WireStanding {
                 },
             }),
             current: self.current,
-            recent: self.recent,
+            // The leader's engine keeps no ended match.
+            ended: None,
             incoming: self.incoming,
             outgoing: self.outgoing,
         }

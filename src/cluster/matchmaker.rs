@@ -325,19 +325,19 @@ async fn standing_from_store(store: &dyn Store, user: &UserId) -> anyhow::Result
             queued_at: t.queued_at.timestamp_millis(),
         },
     });
-    // The latest match is the current one while it is live, else named as the recent one.
-    let (current, recent) = match stored.latest {
+    // The latest match is the current one while it is live, else the ended one.
+    let (current, ended) = match stored.latest {
         Some(m) if matches!(m.status, MatchStatus::ReadyCheck | MatchStatus::Confirmed) => {
             (Some(m), None)
         }
-        Some(m) => (None, Some(m.match_id)),
+        Some(m) => (None, Some(m)),
         None => (None, None),
     };
     let (incoming, outgoing) = stored.challenges.into_iter().partition(|c| &c.to == user);
     Ok(Standing {
         queue,
         current,
-        recent,
+        ended,
         incoming,
         outgoing,
     })

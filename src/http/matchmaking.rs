@@ -177,11 +177,11 @@ async fn me_view(
     standing: Standing,
     ended: Ended,
 ) -> Result<MeView, ApiError> {
-    let current = match (standing.current, standing.recent) {
-        (Some(m), _) => Some(m),
-        (None, Some(id)) => state.store.get_match(id).await?,
-        (None, None) if ended == Ended::Read => state.store.latest_match(user).await?,
-        (None, None) => None,
+    let current = match (standing.current, standing.ended, ended) {
+        (Some(m), _, _) => Some(m),
+        (None, Some(m), Ended::Read) => Some(m),
+        (None, None, Ended::Read) => state.store.latest_match(user).await?,
+        (None, _, Ended::Skip) => None,
     };
     Ok(MeView {
         queue: standing.queue.map(|spot| QueueView {
