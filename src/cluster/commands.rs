@@ -1,17 +1,20 @@
-//! Matchmaking commands through a Redis Stream: any node appends, the leader applies, in stream
-//! order, exactly once.
+//! Matchmaking commands through a Redis Stream: any follower appends, the leader applies, in
+//! stream order, exactly once.
 //!
-//! - A node turns a command into a stream entry (`XADD`, JSON, with its node id and a request
-//!   id) and waits up to `cluster.command_timeout_ms` for the answer on its reply channel.
-//! - The leader restores its engine from the database, reads the fence row's `last_command`,
-//!   and reads the stream after it (`XREAD BLOCK`). Each entry goes through the
-//!   `MatchmakerActor` ([`Apply`]), whose step commits with `Change::Fence { token, command }`:
-//!   the command's effects and its stream id are stored in one transaction, so a new leader
-//!   continues exactly after the last command applied (none twice, none lost). A refused or
-//!   unreadable command commits the fence alone, so it is not met again either.
-//! - The answer goes back with `PUBLISH` on the requesting node's channel. Pub/Sub may lose it;
-//!   the waiting request then times out (503) and `GET /v1/me/match`, read from the store,
-//!   tells what happened.
+//! - A follower turns a command into a stream entry (`XADD`, JSON, with its node id and a
+//!   request id) and waits up to `cluster.command_timeout_ms` for the answer on its reply
+//!   channel. The leader's own node hands its commands to its matchmaker directly
+//!   ([`LocalLead`]); they carry the term's fencing number like every other.
+//! - The leader writes its term's fencing number, restores its engine from the database, reads
+//!   the fence row's `last_command`, and reads the stream after it (`XREAD BLOCK`). Each entry
+//!   goes through the `MatchmakerActor` ([`Apply`]), whose step commits with
+//!   `Change::Fence { token, command }`: the command's effects and its stream id are stored in
+//!   one transaction, so a new leader continues exactly after the last command applied (none
+//!   twice, none lost). A refused or unreadable command commits the fence alone, so it is not
+//!   met again either.
+//! - The answers go back with `PUBLISH` on the requesting node's channel, those ready together
+//!   in one message. Pub/Sub may lose it; the waiting request then times out (503) and
+//!   `GET /v1/me/match`, read from the store, tells what happened.
 //! - The stream is trimmed up to the last command the database has recorded, never further:
 //!   an entry read but not yet committed must survive a leader's death.
 
