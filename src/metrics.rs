@@ -149,6 +149,8 @@ pub struct ClusterMetrics {
     pub bridge_reconnects: AtomicU64,
     pub bridge_messages_in: AtomicU64,
     pub bridge_messages_out: AtomicU64,
+    /// Publishes carrying them: several messages for one node go in one.
+    pub bridge_publishes: AtomicU64,
     /// Sessions told to catch up from the store after a resubscribe or a resync request.
     pub bridge_catch_ups: AtomicU64,
     /// Users this node has presence entries for.
@@ -170,7 +172,7 @@ impl ClusterMetrics {
                 &self.presence_entries,
             ),
         ];
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        let counters: [(&str, &str, &AtomicU64); 6] = [
             (
                 "belay_bridge_reconnects_total",
                 "Redis bridge connections lost (or dropped after a missing probe)",
@@ -185,6 +187,11 @@ impl ClusterMetrics {
                 "belay_bridge_messages_out_total",
                 "Messages published to other nodes",
                 &self.bridge_messages_out,
+            ),
+            (
+                "belay_bridge_publishes_total",
+                "Publishes carrying those messages (several for one node go in one)",
+                &self.bridge_publishes,
             ),
             (
                 "belay_bridge_catch_ups_total",

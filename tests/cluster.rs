@@ -204,6 +204,58 @@ async fn an_event_posted_on_one_node_reaches_the_users_sessions_on_the_others_an
     assert_eq!(a.metric("belay_bridge_up").await, 1.0);
 }
 
+/// A burst of events for many users on one node: those for the same other node cross in shared
+/// publishes, and every one arrives live, in order, with no gap left for the store to fill.
+#[tokio::test]
+async fn a_burst_crosses_in_shared_publishes_and_every_event_arrives_live_in_order() {
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let a = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let b = Node::start(&db.url, &redis, &prefix, &[]).await;
+    const USERS: usize = 20;
+    const EACH: usize = 10;
+    let mut streams = Vec::new();
+    for u in 0..USERS {
+        streams.push(b.stream(&format!("u{u}")).await);
+    }
+    let (in_before, gaps_before) = (
+        b.metric("belay_bridge_messages_in_total").await,
+        b.metric("belay_gaps_total").await,
+    );
+    let sends = (0..EACH).flat_map(|i| (0..USERS).map(move |u| (u, i)));
+    futures_util::stream::iter(sends)
+        .for_each_concurrent(64, |(u, i)| {
+            let a = &a;
+            async move {
+                a.notify(&format!("u{u}"), &format!("p{i}")).await;
+            }
+        })
+        .await;
+    for (u, stream) in streams.iter_mut().enumerate() {
+        for cursor in 1..=EACH {
+            let e = next_event(stream).await;
+            assert_eq!(e.id, cursor.to_string(), "u{u}");
+        }
+    }
+    let total = (USERS * EACH) as f64;
+    assert_eq!(
+        b.metric("belay_bridge_messages_in_total").await - in_before,
+        total
+    );
+    assert_eq!(
+        b.metric("belay_gaps_total").await,
+        gaps_before,
+        "a gap was filled"
+    );
+    let out = a.metric("belay_bridge_messages_out_total").await;
+    let publishes = a.metric("belay_bridge_publishes_total").await;
+    assert_eq!(out, total);
+    assert!(publishes < out, "{publishes} publishes for {out} messages");
+}
+
 #[tokio::test]
 async fn presence_answers_for_the_cluster_and_the_session_cap_spans_nodes() {
     let Some(redis) = shared() else { return };

@@ -681,6 +681,17 @@ pub fn retry_after(data: &[u8]) {
 
 /// Frames from other nodes, as read from Redis. Input: the message bytes.
 pub fn cluster_message(data: &[u8]) {
+    if let Some(messages) = belay::cluster::message::decode_any(data) {
+        let encoded: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();
+        let again = match Message::decode(data) {
+            Some(_) => encoded.first().cloned().unwrap_or_default(),
+            None => belay::cluster::message::encode_batch("n", &encoded),
+        };
+        assert_eq!(
+            belay::cluster::message::decode_any(&again).as_ref(),
+            Some(&messages)
+        );
+    }
     let Some(message) = Message::decode(data) else {
         return;
     };

@@ -293,22 +293,40 @@ impl RedisBridgeActor {
                 }
             }
         }
+        // One publish per node, carrying its messages in order (one alone as itself, several
+        // as a batch); broadcasts and resyncs each on the broadcast channel.
+        let mut per_node: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
         let mut sends = Vec::new();
+        let mut count = 0u64;
         for m in &batch {
             let payload = m.encode();
             match m.user() {
                 Some(user) => {
                     for node in routes.get(user).into_iter().flatten() {
-                        sends.push(self.server.publish(&self.keys.node_channel(node), &payload));
+                        count += 1;
+                        match per_node.iter_mut().find(|(n, _)| n == node) {
+                            Some((_, payloads)) => payloads.push(payload.clone()),
+                            None => per_node.push((node, vec![payload.clone()])),
+                        }
                     }
                 }
-                None => sends.push(
-                    self.server
-                        .publish(&self.keys.broadcast_channel(), &payload),
-                ),
+                None => {
+                    count += 1;
+                    sends.push(
+                        self.server
+                            .publish(&self.keys.broadcast_channel(), &payload),
+                    );
+                }
             }
         }
-        let count = sends.len() as u64;
+        for (node, mut payloads) in per_node {
+            let payload = match payloads.len() {
+                1 => payloads.pop().unwrap_or_default(),
+                _ => super::message::encode_batch(self.keys.node(), &payloads),
+            };
+            sends.push(self.server.publish(&self.keys.node_channel(node), &payload));
+        }
+        let publishes = sends.len() as u64;
         let results = futures_util::future::join_all(sends.iter().map(|cmd| {
             let mut conn = self.publisher.clone();
             async move { cmd.exec_async(&mut conn).await }
@@ -324,6 +342,7 @@ impl RedisBridgeActor {
             return actions;
         }
         Metrics::add(&self.metrics.cluster.bridge_messages_out, count);
+        Metrics::add(&self.metrics.cluster.bridge_publishes, publishes);
         Vec::new()
     }
 
@@ -335,10 +354,16 @@ impl RedisBridgeActor {
         let Some(Value::BulkString(raw)) = info.data.get(1) else {
             return;
         };
-        let Some(message) = Message::decode(raw) else {
+        let Some(messages) = super::message::decode_any(raw) else {
             tracing::debug!("ignoring a message not in Belay's format");
             return;
         };
+        for message in messages {
+            self.handle(message);
+        }
+    }
+
+    fn handle(&mut self, message: Message) {
         if message.node == self.keys.node() {
             if let Kind::Probe { seq } = message.kind {
                 self.link.probe_returned(seq);

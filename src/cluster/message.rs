@@ -1,7 +1,8 @@
 //! What crosses Redis between nodes: a one-line text header (sender, kind, and for a user's
 //! stored event its user, cursor and notification id), then the SSE frame bytes as encoded once
 //! by the sending node. Ids never hold spaces or line breaks (`domain::ids`), so the header
-//! needs no escaping and the frame is not copied into JSON.
+//! needs no escaping and the frame is not copied into JSON. Several messages for one node travel
+//! as one batch ([`encode_batch`]).
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -98,6 +99,54 @@ impl Message {
     }
 }
 
+/// Most messages one batch may announce (a bridge publishes at most 256 at a time).
+const MAX_BATCH: usize = 4096;
+
+/// Several messages for one node in one publish: a header line `BLY1 <node> M <count>`, then
+/// each message as its length in decimal, a line break, and its bytes (as [`Message::encode`]
+/// made them). The receiving node handles them in order, as if published one by one.
+pub fn encode_batch(node: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+    let size: usize = messages.iter().map(|m| m.len() + 8).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + node.len() + 16 + size);
+    out.extend_from_slice(format!("{MAGIC} {node} M {}\n", messages.len()).as_bytes());
+    for m in messages {
+        out.extend_from_slice(format!("{}\n", m.len()).as_bytes());
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// The messages of one publish: a message alone, or a batch ([`encode_batch`]). `None` for
+/// anything not in this format, a batch with one bad message included (it is all or nothing:
+/// a gap it would leave is filled from the store anyway).
+pub fn decode_any(raw: &[u8]) -> Option<Vec<Message>> {
+    let end = raw.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut parts = header.split(' ');
+    if parts.next()? != MAGIC {
+        return None;
+    }
+    parts.next().filter(|n| !n.is_empty())?;
+    if parts.next()? != "M" {
+        return Message::decode(raw).map(|m| vec![m]);
+    }
+    let count: usize = parts.next()?.parse().ok().filter(|&n| n <= MAX_BATCH)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let mut rest = &raw[end + 1..];
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        let line = rest.iter().position(|&b| b == b'\n')?;
+        let len: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
+        let body = rest.get(line + 1..line + 1 + len)?;
+        // A batch holds single messages only (`decode` knows no `M`).
+        messages.push(Message::decode(body)?);
+        rest = &rest[line + 1 + len..];
+    }
+    rest.is_empty().then_some(messages)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +184,51 @@ mod tests {
             b"BLY1 n E ana 0 0195d1a0-0000-7000-8000-000000000000\n",
         ] {
             assert_eq!(Message::decode(junk), None);
+        }
+    }
+
+    #[test]
+    fn a_batch_carries_its_messages_in_order_and_a_bad_one_spoils_it() {
+        let frame = Bytes::from_static(b"id: 7\nevent: post_liked\ndata: {\"a\":1}\n\n");
+        let messages: Vec<Message> = (1..=3)
+            .map(|c| Message {
+                node: "n-1".into(),
+                kind: Kind::Event {
+                    user: UserId::parse(format!("u{c}")).unwrap(),
+                    cursor: Cursor(c),
+                    id: Uuid::now_v7(),
+                },
+                frame: frame.clone(),
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();
+        let batch = encode_batch("n-1", &encoded);
+        assert_eq!(decode_any(&batch), Some(messages.clone()));
+        assert_eq!(decode_any(&encoded[0]), Some(vec![messages[0].clone()]));
+        assert_eq!(decode_any(&encode_batch("n-1", &[])), Some(Vec::new()));
+
+        let cut = &batch[..batch.len() - 1];
+        let mut longer = batch.clone();
+        longer.extend_from_slice(b"x");
+        let mut bad = encoded.clone();
+        bad[1] = b"BLY1 n-1 X\n".to_vec();
+        let nested = encode_batch("n-1", std::slice::from_ref(&batch));
+        for junk in [
+            cut.to_vec(),
+            longer,
+            encode_batch("n-1", &bad),
+            nested,
+            b"BLY1 n-1 M 2\n".to_vec(),
+            b"BLY1 n-1 M 99999\n".to_vec(),
+            b"BLY1 n-1 M x\n".to_vec(),
+            b"BLY1 n-1 M 1 2\n1\nx".to_vec(),
+        ] {
+            assert_eq!(
+                decode_any(&junk),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(&junk)
+            );
         }
     }
 }
