@@ -30,7 +30,8 @@ use crate::metrics::Metrics;
 /// the total; with a cap (ARGV[3] > 0) refuses with -1, changing nothing, when the other nodes'
 /// live sessions plus this node's new count would pass it. A write older (ARGV[5], the node's
 /// change number) than the one this node's field holds changes nothing: the node's writes may
-/// reach Redis in any order, the newest count stays. A count of 0 is kept as a tombstone until
+/// reach Redis in any order, the newest count stays (a claim overtaken by a newer write of its
+/// own node is checked against the count that write holds, which includes it). A count of 0 is kept as a tombstone until
 /// it expires, so an older write cannot bring the count back.
 const SET_COUNT: &str = r"
 local t = redis.call('TIME')
@@ -50,11 +51,14 @@ for i = 1, #entries, 2 do
     held_seq = tonumber(s) or 0
   end
 end
+local cap = tonumber(ARGV[3])
 if held ~= nil and held_seq > tonumber(ARGV[5]) then
+  if cap > 0 and others + held > cap then
+    return -1
+  end
   return others + held
 end
 local mine = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
 if cap > 0 and others + mine > cap then
   return -1
 end
@@ -410,7 +414,8 @@ impl RedisPresence {
 
     /// The release writer: writes the counts of the users released since its last round, until
     /// none is left. A write that fails is left to the heartbeat (and to the refresh after a
-    /// reconnect), as a lost one would be.
+    /// reconnect), as a lost one would be; a user with no session left here is not rewritten,
+    /// and this node's field for them counts until it expires.
     async fn write_released(self: Arc<Self>) {
         loop {
             let (counts, seq) = {
