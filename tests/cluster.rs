@@ -7,6 +7,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use belay::cluster::Presence;
+use belay::domain::UserId;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -474,7 +476,6 @@ async fn a_refresh_rewrites_and_a_boot_clears_every_entry_of_a_node_with_many_us
     use belay::cluster::conn::Server as RedisServer;
     use belay::cluster::keys::Keys;
     use belay::cluster::{Claim, RedisPresence};
-    use belay::domain::UserId;
     use belay::metrics::Metrics;
 
     let Some(redis) = shared() else { return };
@@ -543,34 +544,36 @@ async fn a_refresh_rewrites_and_a_boot_clears_every_entry_of_a_node_with_many_us
     }
 }
 
-/// A RedisPresence for node `node` under `prefix` on the machine's Redis, and a connection for
-/// looking at its fields; None (with the reason printed) where Redis is absent.
-async fn bare_presence(
-    prefix: &str,
-    node: &str,
-) -> Option<(
-    std::sync::Arc<belay::cluster::RedisPresence>,
-    belay::cluster::conn::Conn,
-)> {
+/// RedisPresences on the machine's Redis under one fresh prefix, one per node id given, made in
+/// order (a moment apart, so a later one's change numbers are newer); None, with the reason
+/// printed, where Redis is absent.
+async fn presences<const N: usize>(
+    nodes: [&str; N],
+) -> Option<[std::sync::Arc<belay::cluster::RedisPresence>; N]> {
     use belay::cluster::conn::Server as RedisServer;
     use belay::cluster::keys::Keys;
     use belay::metrics::Metrics;
 
     let redis = shared()?;
+    let prefix = unique_prefix();
     let conn = RedisServer::discover(&redis)
         .await
         .unwrap()
         .commands()
         .await
         .unwrap();
-    let presence = std::sync::Arc::new(belay::cluster::RedisPresence::new(
-        conn.clone(),
-        Keys::new(prefix, node),
-        8,
-        Duration::from_secs(30),
-        std::sync::Arc::new(Metrics::default()),
-    ));
-    Some((presence, conn))
+    let mut made = Vec::new();
+    for node in nodes {
+        made.push(std::sync::Arc::new(belay::cluster::RedisPresence::new(
+            conn.clone(),
+            Keys::new(&prefix, node),
+            8,
+            Duration::from_secs(30),
+            std::sync::Arc::new(Metrics::default()),
+        )));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    made.try_into().ok()
 }
 
 fn granted(claim: belay::cluster::Claim) -> belay::cluster::presence::PresenceSlot {
@@ -581,13 +584,7 @@ fn granted(claim: belay::cluster::Claim) -> belay::cluster::presence::PresenceSl
 }
 
 /// Waits (at most 5 s) until `observer` sees every one of `users` online (`want`) or offline.
-async fn wait_online(
-    observer: &belay::cluster::RedisPresence,
-    users: &[belay::domain::UserId],
-    want: bool,
-) {
-    use belay::cluster::Presence;
-
+async fn wait_online(observer: &belay::cluster::RedisPresence, users: &[UserId], want: bool) {
     let until = Instant::now() + Duration::from_secs(5);
     while !observer
         .online(users)
@@ -606,14 +603,9 @@ async fn wait_online(
 /// hide it, or other nodes would stop routing the user's events to this node.
 #[tokio::test]
 async fn a_release_just_before_a_new_claim_never_hides_the_new_session() {
-    use belay::cluster::Presence;
-    use belay::domain::UserId;
-
-    let prefix = unique_prefix();
-    let Some((node, _)) = bare_presence(&prefix, "n1").await else {
+    let Some([node, other]) = presences(["n1", "n2"]).await else {
         return;
     };
-    let (other, _) = bare_presence(&prefix, "n2").await.unwrap();
     let ana = UserId::parse("ana").unwrap();
     for round in 0..20 {
         let first = granted(node.claim(&ana).await);
@@ -634,16 +626,9 @@ async fn a_release_just_before_a_new_claim_never_hides_the_new_session() {
 /// neither with a claim nor with a release.
 #[tokio::test]
 async fn an_older_presence_write_never_overwrites_a_newer_one() {
-    use belay::cluster::Presence;
-    use belay::domain::UserId;
-
-    let prefix = unique_prefix();
-    let Some((older, _)) = bare_presence(&prefix, "n1").await else {
+    let Some([older, newer, observer]) = presences(["n1", "n1", "n2"]).await else {
         return;
     };
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    let (newer, _) = bare_presence(&prefix, "n1").await.unwrap();
-    let (observer, _) = bare_presence(&prefix, "n2").await.unwrap();
     let bob = UserId::parse("bob").unwrap();
 
     let kept = granted(newer.claim(&bob).await);
@@ -662,14 +647,9 @@ async fn an_older_presence_write_never_overwrites_a_newer_one() {
 /// to zero, written by one writer a bounded number at a time.
 #[tokio::test]
 async fn when_every_session_of_a_node_ends_at_once_every_entry_goes_to_zero() {
-    use belay::cluster::Presence;
-    use belay::domain::UserId;
-
-    let prefix = unique_prefix();
-    let Some((node, _)) = bare_presence(&prefix, "n1").await else {
+    let Some([node, observer]) = presences(["n1", "n2"]).await else {
         return;
     };
-    let (observer, _) = bare_presence(&prefix, "n2").await.unwrap();
     let users: Vec<UserId> = (0..300)
         .map(|i| UserId::parse(format!("u{i}")).unwrap())
         .collect();

@@ -94,6 +94,16 @@ async fn cluster_of(n: usize) -> Option<Cluster> {
     })
 }
 
+/// Two nodes, once one of them leads: the cluster and the leader's index.
+async fn two_nodes() -> Option<(Cluster, usize)> {
+    let cluster = cluster_of(2).await?;
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    Some((cluster, leader))
+}
+
 impl Cluster {
     /// Whether node `i` reports holding the lease.
     async fn leads(&self, i: usize) -> bool {
@@ -231,13 +241,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// stream.
 #[tokio::test]
 async fn commands_on_the_leaders_own_node_skip_the_stream_and_meet_the_others() {
-    let Some(cluster) = cluster_of(2).await else {
+    let Some((cluster, leader)) = two_nodes().await else {
         return;
     };
-    let leader = cluster
-        .leader(&[0, 1], Duration::from_secs(10))
-        .await
-        .expect("a leader");
     let follower = 1 - leader;
     // The lease is held before the leader has restored its engine; its own node's commands go
     // through the stream until then (a few milliseconds).
@@ -292,13 +298,9 @@ async fn commands_on_the_leaders_own_node_skip_the_stream_and_meet_the_others() 
 
 #[tokio::test]
 async fn a_join_on_a_follower_is_answered_with_the_match_stored() {
-    let Some(cluster) = cluster_of(2).await else {
+    let Some((cluster, leader)) = two_nodes().await else {
         return;
     };
-    let leader = cluster
-        .leader(&[0, 1], Duration::from_secs(10))
-        .await
-        .expect("a leader");
     let follower = 1 - leader;
 
     const PAIRS: usize = 40;
@@ -477,13 +479,9 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
 /// made before is read by the successor.
 #[tokio::test]
 async fn a_new_leader_records_its_fencing_number_before_it_restores() {
-    let Some(mut cluster) = cluster_of(2).await else {
+    let Some((mut cluster, leader)) = two_nodes().await else {
         return;
     };
-    let leader = cluster
-        .leader(&[0, 1], Duration::from_secs(10))
-        .await
-        .expect("a leader");
     let first = cluster.term_recorded().await;
     signal(&cluster.nodes[leader].process.0, "KILL");
     let _ = cluster.nodes[leader].process.0.wait();
@@ -497,13 +495,9 @@ async fn a_new_leader_records_its_fencing_number_before_it_restores() {
 
 #[tokio::test]
 async fn a_paused_leader_resumed_after_its_successor_started_writes_nothing() {
-    let Some(cluster) = cluster_of(2).await else {
+    let Some((cluster, leader)) = two_nodes().await else {
         return;
     };
-    let leader = cluster
-        .leader(&[0, 1], Duration::from_secs(10))
-        .await
-        .expect("a leader");
     let other = 1 - leader;
     let tokens = [
         cluster.token(other, "ana").await,
