@@ -643,6 +643,26 @@ async fn an_older_presence_write_never_overwrites_a_newer_one() {
     wait_online(&observer, std::slice::from_ref(&bob), false).await;
 }
 
+/// The heartbeat's rewrite carries the change number of its snapshot: an older one cannot bring
+/// back an entry a newer write took to zero.
+#[tokio::test]
+async fn an_older_refresh_never_brings_back_a_released_entry() {
+    let Some([older, newer, observer]) = presences(["n1", "n1", "n2"]).await else {
+        return;
+    };
+    let cleo = UserId::parse("cleo").unwrap();
+    let held = granted(older.claim(&cleo).await);
+    let gone = granted(newer.claim(&cleo).await);
+    drop(gone);
+    wait_online(&observer, std::slice::from_ref(&cleo), false).await;
+    older.refresh().await.unwrap();
+    assert!(
+        !observer.is_online(&cleo).await.unwrap(),
+        "an older refresh brought back a released entry"
+    );
+    drop(held);
+}
+
 /// Every session of a node ends at once (its clients leave together): each user's entry goes
 /// to zero, written by one writer a bounded number at a time.
 #[tokio::test]

@@ -67,6 +67,32 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return others + mine
 ";
 
+/// The heartbeat: rewrites this node's field in each user's hash of KEYS with the count of
+/// ARGV[3 + i] and a new expiry, unless the field holds a newer change than ARGV[3] (the
+/// snapshot's). No cap, no sum of the other nodes: a refresh only renews what this node holds.
+/// One call may carry several users (a standalone Redis; a Redis Cluster gets one per call,
+/// their keys being in different slots).
+const REFRESH: &str = r"
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local seq = tonumber(ARGV[3])
+for i, key in ipairs(KEYS) do
+  local held = redis.call('HGET', key, ARGV[1])
+  local held_seq = 0
+  if held then
+    held_seq = tonumber(string.match(held, '^%d+:%d+:(%d+)$')) or 0
+  end
+  if held_seq <= seq then
+    redis.call('HSET', key, ARGV[1], ARGV[3 + i] .. ':' .. expires .. ':' .. ARGV[3])
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+end
+return #KEYS
+";
+
+/// Users one heartbeat call rewrites on a standalone Redis.
+const REFRESH_BATCH: usize = 64;
+
 /// The nodes holding a live session of the user, by Redis's clock: what `GET /v1/presence` and
 /// the push path ask (routing reads the hash itself, see [`RedisPresence::nodes_of`]).
 const LIVE_NODES: &str = r"
@@ -186,6 +212,7 @@ pub struct RedisPresence {
     ttl: Duration,
     local: Mutex<Local>,
     set_count: Script,
+    refresh: Script,
     live_nodes: Script,
     metrics: Arc<Metrics>,
 }
@@ -216,6 +243,7 @@ impl RedisPresence {
                 writing: false,
             }),
             set_count: Script::new(SET_COUNT),
+            refresh: Script::new(REFRESH),
             live_nodes: Script::new(LIVE_NODES),
             metrics,
         }
@@ -259,6 +287,35 @@ impl RedisPresence {
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_for_each(|_| async { Ok(()) })
             .await
+    }
+
+    /// Renews these counts as of change `seq` ([`REFRESH`]): several users per call on a
+    /// standalone Redis, one on a Redis Cluster; [`WRITES_IN_FLIGHT`] calls at a time.
+    async fn renew_all(&self, counts: &[(UserId, usize)], seq: u64) -> anyhow::Result<()> {
+        let per_call = match self.conn {
+            Conn::Cluster(_) => 1,
+            _ => REFRESH_BATCH,
+        };
+        let calls: Vec<Vec<(UserId, usize)>> = counts.chunks(per_call).map(<[_]>::to_vec).collect();
+        futures_util::stream::iter(calls)
+            .map(|chunk| async move { self.renew(chunk, seq).await })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+
+    /// One [`REFRESH`] call.
+    async fn renew(&self, chunk: Vec<(UserId, usize)>, seq: u64) -> anyhow::Result<i64> {
+        let mut conn = self.conn.clone();
+        let mut call = self.refresh.prepare_invoke();
+        for (user, _) in &chunk {
+            call.key(self.keys.user_sessions(user));
+        }
+        call.arg(self.keys.node()).arg(self.ttl_ms()).arg(seq);
+        for (_, n) in &chunk {
+            call.arg(*n);
+        }
+        Ok(call.invoke_async(&mut conn).await?)
     }
 
     /// Claims a slot for a new session of `user`, counted across the cluster. While Redis does
@@ -338,7 +395,7 @@ impl RedisPresence {
             .cluster
             .presence_entries
             .store(len_i64(counts.len()), std::sync::atomic::Ordering::Relaxed);
-        self.write_all(counts.clone(), seq).await?;
+        self.renew_all(&counts, seq).await?;
         if !counts.is_empty() {
             let index = self.keys.node_users(self.keys.node());
             let mut conn = self.conn.clone();
