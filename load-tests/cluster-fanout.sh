@@ -40,6 +40,11 @@ fi
 trap 'stop_nodes; stop_private_redis; rm -rf "$WORK"' EXIT
 binaries
 start_private_redis "$REDIS_PORT"
+# CPU seconds the private Redis has used (user + system).
+redis_cpu() {
+    sed 's/.*) //' "/proc/$PRIVATE_REDIS_PID/stat" |
+        awk -v k="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / k }'
+}
 REDIS=redis://127.0.0.1:$REDIS_PORT
 {
     echo "load before: $(uptime)"
@@ -68,12 +73,15 @@ for run in $(seq "$RUNS"); do
     echo "== $SESSIONS sessions over $NODES nodes, $BROADCASTS broadcasts at $RATE/s (run $run); load $(cut -d' ' -f1-3 /proc/loadavg)"
     # Bounded: 300 s at most; the sessions open within --open-timeout, the broadcasts end after
     # BROADCASTS / RATE seconds plus --drain.
+    redis_before=$(redis_cpu)
     timeout 300 "$LOAD_BIN" fanout --url "http://127.0.0.1:${ports[0]}" "${nodes[@]}" \
         --api-key cluster-fanout-key "${pids[@]}" --sessions "$SESSIONS" \
         --per-worker "$per_node" --open-concurrency "$OPEN_CONCURRENCY" --open-timeout 120 \
         --broadcasts "$BROADCASTS" --rate "$RATE" --drain 30 \
         --out "$OUT/fanout-$run.json" | tee "$OUT/fanout-$run.txt"
-    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/settings.txt"
+    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); Redis CPU over the run:" \
+        "$(awk -v a="$redis_before" -v b="$(redis_cpu)" 'BEGIN { printf "%.2f s", b - a }')" |
+        tee -a "$OUT/settings.txt"
     stop_nodes
 done
 echo "results in $OUT"

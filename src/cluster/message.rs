@@ -139,10 +139,11 @@ pub fn decode_any(raw: &[u8]) -> Option<Vec<Message>> {
     for _ in 0..count {
         let line = rest.iter().position(|&b| b == b'\n')?;
         let len: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
-        let body = rest.get(line + 1..line + 1 + len)?;
+        let end = line.checked_add(1)?.checked_add(len)?;
+        let body = rest.get(line + 1..end)?;
         // A batch holds single messages only (`decode` knows no `M`).
         messages.push(Message::decode(body)?);
-        rest = &rest[line + 1 + len..];
+        rest = &rest[end..];
     }
     rest.is_empty().then_some(messages)
 }
@@ -222,6 +223,7 @@ mod tests {
             b"BLY1 n-1 M 99999\n".to_vec(),
             b"BLY1 n-1 M x\n".to_vec(),
             b"BLY1 n-1 M 1 2\n1\nx".to_vec(),
+            format!("BLY1 n-1 M 1\n{}\nx", usize::MAX).into_bytes(),
         ] {
             assert_eq!(
                 decode_any(&junk),
