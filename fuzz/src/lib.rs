@@ -685,7 +685,10 @@ pub fn cluster_message(data: &[u8]) {
         let encoded: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();
         let again = match Message::decode(data) {
             Some(_) => encoded.first().cloned().unwrap_or_default(),
-            None => belay::cluster::message::encode_batch("n", &encoded),
+            None => {
+                let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+                belay::cluster::message::encode_batch("n", &slices)
+            }
         };
         assert_eq!(
             belay::cluster::message::decode_any(&again).as_ref(),

@@ -295,36 +295,36 @@ impl RedisBridgeActor {
         }
         // One publish per node, carrying its messages in order (one alone as itself, several
         // as a batch); broadcasts and resyncs each on the broadcast channel.
-        let mut per_node: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+        let encoded: Vec<Vec<u8>> = batch.iter().map(Message::encode).collect();
+        let mut per_node: Vec<(&str, Vec<&[u8]>)> = Vec::new();
         let mut sends = Vec::new();
         let mut count = 0u64;
-        for m in &batch {
-            let payload = m.encode();
+        for (m, payload) in batch.iter().zip(&encoded) {
             match m.user() {
                 Some(user) => {
                     for node in routes.get(user).into_iter().flatten() {
                         count += 1;
                         match per_node.iter_mut().find(|(n, _)| n == node) {
-                            Some((_, payloads)) => payloads.push(payload.clone()),
-                            None => per_node.push((node, vec![payload.clone()])),
+                            Some((_, payloads)) => payloads.push(payload),
+                            None => per_node.push((node, vec![payload])),
                         }
                     }
                 }
                 None => {
                     count += 1;
-                    sends.push(
-                        self.server
-                            .publish(&self.keys.broadcast_channel(), &payload),
-                    );
+                    sends.push(self.server.publish(&self.keys.broadcast_channel(), payload));
                 }
             }
         }
-        for (node, mut payloads) in per_node {
-            let payload = match payloads.len() {
-                1 => payloads.pop().unwrap_or_default(),
-                _ => super::message::encode_batch(self.keys.node(), &payloads),
-            };
-            sends.push(self.server.publish(&self.keys.node_channel(node), &payload));
+        for (node, payloads) in per_node {
+            let channel = self.keys.node_channel(node);
+            sends.push(match payloads.as_slice() {
+                [one] => self.server.publish(&channel, one),
+                many => self.server.publish(
+                    &channel,
+                    &super::message::encode_batch(self.keys.node(), many),
+                ),
+            });
         }
         let publishes = sends.len() as u64;
         let results = futures_util::future::join_all(sends.iter().map(|cmd| {

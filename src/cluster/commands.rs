@@ -378,7 +378,7 @@ impl CommandClient {
         if let Some(actor) = self.leading() {
             let applied = actor.send(Apply {
                 id: None,
-                command: Some(command.clone()),
+                command: Some(command),
             });
             // A term that ends meanwhile (the matchmaker stopped, or the store refused its
             // number) answers like a leader that did not answer: the command may or may not have

@@ -105,7 +105,7 @@ const MAX_BATCH: usize = 4096;
 /// Several messages for one node in one publish: a header line `BLY1 <node> M <count>`, then
 /// each message as its length in decimal, a line break, and its bytes (as [`Message::encode`]
 /// made them). The receiving node handles them in order, as if published one by one.
-pub fn encode_batch(node: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+pub fn encode_batch(node: &str, messages: &[&[u8]]) -> Vec<u8> {
     let size: usize = messages.iter().map(|m| m.len() + 8).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + node.len() + 16 + size);
     out.extend_from_slice(format!("{MAGIC} {node} M {}\n", messages.len()).as_bytes());
@@ -203,7 +203,8 @@ mod tests {
             })
             .collect();
         let encoded: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();
-        let batch = encode_batch("n-1", &encoded);
+        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let batch = encode_batch("n-1", &slices);
         assert_eq!(decode_any(&batch), Some(messages.clone()));
         assert_eq!(decode_any(&encoded[0]), Some(vec![messages[0].clone()]));
         assert_eq!(decode_any(&encode_batch("n-1", &[])), Some(Vec::new()));
@@ -211,9 +212,9 @@ mod tests {
         let cut = &batch[..batch.len() - 1];
         let mut longer = batch.clone();
         longer.extend_from_slice(b"x");
-        let mut bad = encoded.clone();
-        bad[1] = b"BLY1 n-1 X\n".to_vec();
-        let nested = encode_batch("n-1", std::slice::from_ref(&batch));
+        let mut bad = slices.clone();
+        bad[1] = b"BLY1 n-1 X\n";
+        let nested = encode_batch("n-1", &[&batch]);
         for junk in [
             cut.to_vec(),
             longer,

@@ -67,12 +67,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return others + mine
 ";
 
-/// The heartbeat: rewrites this node's field in each user's hash of KEYS with the count of
-/// ARGV[3 + i] and a new expiry, unless the field holds a newer change than ARGV[3] (the
-/// snapshot's). No cap, no sum of the other nodes: a refresh only renews what this node holds.
-/// One call may carry several users (a standalone Redis; a Redis Cluster gets one per call,
-/// their keys being in different slots).
-const REFRESH: &str = r"
+/// Writes this node's counts without a cap (the heartbeat, and the release writer): sets this
+/// node's field in each user's hash of KEYS to the count of ARGV[3 + i] with a new expiry,
+/// unless the field holds a newer change than ARGV[3]. No sum of the other nodes: only a claim
+/// needs one. One call may carry several users (a standalone Redis; a Redis Cluster gets one
+/// per call, their keys being in different slots).
+const WRITE_COUNTS: &str = r"
 local t = redis.call('TIME')
 local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
 local seq = tonumber(ARGV[3])
@@ -90,8 +90,8 @@ end
 return #KEYS
 ";
 
-/// Users one heartbeat call rewrites on a standalone Redis.
-const REFRESH_BATCH: usize = 64;
+/// Users one [`WRITE_COUNTS`] call writes on a standalone Redis.
+const COUNTS_PER_CALL: usize = 64;
 
 /// The nodes holding a live session of the user, by Redis's clock: what `GET /v1/presence` and
 /// the push path ask (routing reads the hash itself, see [`RedisPresence::nodes_of`]).
@@ -212,7 +212,7 @@ pub struct RedisPresence {
     ttl: Duration,
     local: Mutex<Local>,
     set_count: Script,
-    refresh: Script,
+    write_counts: Script,
     live_nodes: Script,
     metrics: Arc<Metrics>,
 }
@@ -243,7 +243,7 @@ impl RedisPresence {
                 writing: false,
             }),
             set_count: Script::new(SET_COUNT),
-            refresh: Script::new(REFRESH),
+            write_counts: Script::new(WRITE_COUNTS),
             live_nodes: Script::new(LIVE_NODES),
             metrics,
         }
@@ -279,35 +279,26 @@ impl RedisPresence {
             .await?)
     }
 
-    /// Writes these counts as of change `seq` (no cap), [`WRITES_IN_FLIGHT`] at a time; the
+    /// Writes these counts as of change `seq`, no cap ([`WRITE_COUNTS`]): several users per call
+    /// on a standalone Redis, one on a Redis Cluster; [`WRITES_IN_FLIGHT`] calls at a time, the
     /// first error ends it.
-    async fn write_all(&self, counts: Vec<(UserId, usize)>, seq: u64) -> anyhow::Result<()> {
-        futures_util::stream::iter(counts)
-            .map(|(user, n)| async move { self.write(&user, n, 0, seq).await })
-            .buffer_unordered(WRITES_IN_FLIGHT)
-            .try_for_each(|_| async { Ok(()) })
-            .await
-    }
-
-    /// Renews these counts as of change `seq` ([`REFRESH`]): several users per call on a
-    /// standalone Redis, one on a Redis Cluster; [`WRITES_IN_FLIGHT`] calls at a time.
-    async fn renew_all(&self, counts: &[(UserId, usize)], seq: u64) -> anyhow::Result<()> {
+    async fn write_all(&self, counts: &[(UserId, usize)], seq: u64) -> anyhow::Result<()> {
         let per_call = match self.conn {
             Conn::Cluster(_) => 1,
-            _ => REFRESH_BATCH,
+            _ => COUNTS_PER_CALL,
         };
         let calls: Vec<Vec<(UserId, usize)>> = counts.chunks(per_call).map(<[_]>::to_vec).collect();
         futures_util::stream::iter(calls)
-            .map(|chunk| async move { self.renew(chunk, seq).await })
+            .map(|chunk| async move { self.write_chunk(chunk, seq).await })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_for_each(|_| async { Ok(()) })
             .await
     }
 
-    /// One [`REFRESH`] call.
-    async fn renew(&self, chunk: Vec<(UserId, usize)>, seq: u64) -> anyhow::Result<i64> {
+    /// One [`WRITE_COUNTS`] call.
+    async fn write_chunk(&self, chunk: Vec<(UserId, usize)>, seq: u64) -> anyhow::Result<i64> {
         let mut conn = self.conn.clone();
-        let mut call = self.refresh.prepare_invoke();
+        let mut call = self.write_counts.prepare_invoke();
         for (user, _) in &chunk {
             call.key(self.keys.user_sessions(user));
         }
@@ -395,7 +386,7 @@ impl RedisPresence {
             .cluster
             .presence_entries
             .store(len_i64(counts.len()), std::sync::atomic::Ordering::Relaxed);
-        self.renew_all(&counts, seq).await?;
+        self.write_all(&counts, seq).await?;
         if !counts.is_empty() {
             let index = self.keys.node_users(self.keys.node());
             let mut conn = self.conn.clone();
@@ -491,7 +482,7 @@ impl RedisPresence {
                     .collect();
                 (counts, local.seq)
             };
-            if let Err(error) = self.write_all(counts, seq).await {
+            if let Err(error) = self.write_all(&counts, seq).await {
                 tracing::debug!(error = ?error, "releasing presence entries");
             }
         }
