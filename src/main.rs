@@ -44,8 +44,20 @@ fn print_vapid_keys() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let system = actix_web::rt::System::new();
+    let runtime = system.runtime().tokio_runtime().handle().clone();
+    let served = system.block_on(serve());
+    // Tasks still waiting when the node ends are dropped with the system's task set, which goes
+    // before its runtime does; one that waits on the database holds a pooled connection, whose
+    // drop hands it back through the runtime. Inside the runtime's context that works (the
+    // hand-back is cancelled as the runtime shuts down); outside it, the drop panics.
+    let _inside = runtime.enter();
+    drop(system);
+    served
+}
+
+async fn serve() -> anyhow::Result<()> {
     let settings = Settings::load(config_file()?.as_deref())?;
     belay::telemetry::init(&settings.log.format);
     let app = Application::build(settings.clone())

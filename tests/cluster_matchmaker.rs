@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use support::process::{Running, client, free_port, json_of, signal, start_with, wait_ready};
+use support::process::{
+    Running, client, free_port, json_of, signal, start_logging_to, start_with, wait_exit,
+    wait_ready,
+};
+use support::proxy::{Proxy, through, upstream};
 use support::{Database, Server, fresh_database, services_required};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -56,10 +60,20 @@ struct Cluster {
 }
 
 async fn cluster_of(n: usize) -> Option<Cluster> {
+    cluster_through(n, None).await
+}
+
+/// [`cluster_of`], the nodes reaching the database through `proxy` when one is given, each
+/// node's log kept in `stderr.log` in its folder then (not in the test's output).
+async fn cluster_through(n: usize, proxy: Option<&Proxy>) -> Option<Cluster> {
     if !redis_up().await {
         return None;
     }
     let database = fresh_database(Server::Postgres).await?;
+    let url = match proxy {
+        Some(proxy) => through(&database.url, Server::Postgres, proxy),
+        None => database.url.clone(),
+    };
     let prefix = format!("belay-test-{}", uuid::Uuid::new_v4().simple());
     let http = client();
     let mut nodes = Vec::new();
@@ -70,7 +84,7 @@ async fn cluster_of(n: usize) -> Option<Cluster> {
         let ttl = LEASE_TTL_MS.to_string();
         let ready = READY_TIMEOUT_SECS.to_string();
         let env = [
-            ("BELAY__DATABASE__URL", database.url.as_str()),
+            ("BELAY__DATABASE__URL", url.as_str()),
             ("BELAY__REDIS__URL", REDIS_URL),
             ("BELAY__CLUSTER__KEY_PREFIX", prefix.as_str()),
             ("BELAY__CLUSTER__LEASE_TTL_MS", ttl.as_str()),
@@ -79,7 +93,10 @@ async fn cluster_of(n: usize) -> Option<Cluster> {
             ("BELAY__AUTH__API_KEY", "cluster-test-key"),
             ("BELAY__LIMITS__USER_REQUESTS_PER_SEC", "0"),
         ];
-        let process = Running(start_with(dir.path(), port, &env));
+        let process = Running(match proxy {
+            Some(_) => start_logging_to(dir.path(), port, &env, &dir.path().join("stderr.log")),
+            None => start_with(dir.path(), port, &env),
+        });
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&http, &base).await;
         nodes.push(Node { process, base });
@@ -505,6 +522,33 @@ async fn a_new_leader_records_its_fencing_number_before_it_restores() {
         .expect("the other node takes the lease");
     let second = cluster.term_recorded().await;
     assert!(second > first, "{first} then {second}");
+}
+
+/// A node stopped while its database hangs still exits cleanly: the leader's tasks that wait on
+/// the database at that moment hold a pooled connection, and are dropped as the node ends (here
+/// the stream trim's fence read, every 5 s); that drop hands the connection back through the
+/// runtime, which must still be there.
+#[tokio::test]
+async fn a_leader_stopped_while_its_database_hangs_exits_cleanly() {
+    let mut proxy = Proxy::start(upstream(Server::Postgres)).await;
+    let Some(mut cluster) = cluster_through(1, Some(&proxy)).await else {
+        return;
+    };
+    cluster
+        .leader(&[0], Duration::from_secs(10))
+        .await
+        .expect("the node leads");
+    proxy.stall();
+    // Past the trim's interval: the leader's read of the fence is now waiting.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let node = &mut cluster.nodes[0].process.0;
+    signal(node, "TERM");
+    let status = wait_exit(node);
+    let log = std::fs::read_to_string(cluster._dirs[0].path().join("stderr.log")).unwrap();
+    assert!(
+        status.success() && !log.contains("panicked"),
+        "the node ended with {status}; its log:\n{log}"
+    );
 }
 
 #[tokio::test]

@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::process::{Running, free_port, json_of, signal, start_with, wait_exit, wait_ready};
-use support::proxy::Proxy;
+use support::proxy::{Proxy, through, upstream};
 use support::{Database, Server, fresh_database};
 
 const LIKES: usize = 240;
@@ -74,24 +73,6 @@ async fn databases() -> Vec<Database> {
         all.extend(fresh_database(server).await);
     }
     all
-}
-
-fn upstream(server: Server) -> SocketAddr {
-    let admin = server.admin_url();
-    let authority = admin
-        .split_once("://")
-        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
-        .unwrap();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    host.parse().unwrap()
-}
-
-/// `url` with its host and port replaced by the proxy's.
-fn through(url: &str, server: Server, proxy: &Proxy) -> String {
-    url.replace(
-        &upstream(server).to_string(),
-        &format!("127.0.0.1:{}", proxy.port),
-    )
 }
 
 /// Sends like `i` (post `p{i}`, key `like-{i}`) until the node accepts it; returns the status

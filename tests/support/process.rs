@@ -19,6 +19,16 @@ pub fn free_port() -> u16 {
 
 /// Starts `belay` in `dir` on `port`, with extra environment variables.
 pub fn start_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    start(dir, port, env, Stdio::inherit())
+}
+
+/// [`start_with`], its log (standard error) written to `log` instead of the test's output.
+pub fn start_logging_to(dir: &Path, port: u16, env: &[(&str, &str)], log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("a log file");
+    start(dir, port, env, Stdio::from(file))
+}
+
+fn start(dir: &Path, port: u16, env: &[(&str, &str)], stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_belay"))
         .current_dir(dir)
         .env("BELAY__SERVER__PORT", port.to_string())
@@ -26,7 +36,7 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("belay starts")
 }
