@@ -155,6 +155,8 @@ pub struct ClusterMetrics {
     pub bridge_catch_ups: AtomicU64,
     /// Users this node has presence entries for.
     pub presence_entries: AtomicI64,
+    /// Rounds of presence release writes that failed and were tried again.
+    pub presence_release_retries: AtomicU64,
     pub sessions_refused_cluster: AtomicU64,
 }
 
@@ -172,7 +174,7 @@ impl ClusterMetrics {
                 &self.presence_entries,
             ),
         ];
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             (
                 "belay_bridge_reconnects_total",
                 "Redis bridge connections lost (or dropped after a missing probe)",
@@ -197,6 +199,11 @@ impl ClusterMetrics {
                 "belay_bridge_catch_ups_total",
                 "Sessions told to catch up from the store after a resubscribe",
                 &self.bridge_catch_ups,
+            ),
+            (
+                "belay_presence_release_retries_total",
+                "Rounds of presence release writes that failed and were tried again",
+                &self.presence_release_retries,
             ),
             (
                 "belay_sessions_refused_cluster_total",

@@ -550,13 +550,20 @@ async fn a_refresh_rewrites_and_a_boot_clears_every_entry_of_a_node_with_many_us
 async fn presences<const N: usize>(
     nodes: [&str; N],
 ) -> Option<[std::sync::Arc<belay::cluster::RedisPresence>; N]> {
+    Some(presences_on(&shared()?, nodes).await)
+}
+
+/// [`presences`] on the Redis at `redis`.
+async fn presences_on<const N: usize>(
+    redis: &str,
+    nodes: [&str; N],
+) -> [std::sync::Arc<belay::cluster::RedisPresence>; N] {
     use belay::cluster::conn::Server as RedisServer;
     use belay::cluster::keys::Keys;
     use belay::metrics::Metrics;
 
-    let redis = shared()?;
     let prefix = unique_prefix();
-    let conn = RedisServer::discover(&redis)
+    let conn = RedisServer::discover(redis)
         .await
         .unwrap()
         .commands()
@@ -573,7 +580,7 @@ async fn presences<const N: usize>(
         )));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    made.try_into().ok()
+    made.try_into().ok().unwrap()
 }
 
 fn granted(claim: belay::cluster::Claim) -> belay::cluster::presence::PresenceSlot {
@@ -685,4 +692,41 @@ async fn when_every_session_of_a_node_ends_at_once_every_entry_goes_to_zero() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     drop(rest);
     wait_online(&observer, &users, false).await;
+}
+
+/// A release that Redis refuses (here: out of memory, writes denied) is written once Redis takes
+/// writes again, not left to count on other nodes until the entry expires (30 s here): the
+/// heartbeat rewrites only users who still have a session on the node.
+#[tokio::test]
+async fn a_release_redis_refused_is_written_once_it_takes_writes_again() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let [node, observer] = presences_on(&redis.url(), ["n1", "n2"]).await;
+    let dana = UserId::parse("dana").unwrap();
+    let slot = granted(node.claim(&dana).await);
+    assert!(observer.is_online(&dana).await.unwrap());
+
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let set_maxmemory = |bytes: &'static str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .to_owned()
+    };
+    let _: () = set_maxmemory("1").query_async(&mut admin).await.unwrap();
+    drop(slot);
+    // Refused while Redis denies writes: the entry still counts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        observer.is_online(&dana).await.unwrap(),
+        "the release was written although Redis denies writes"
+    );
+    let _: () = set_maxmemory("0").query_async(&mut admin).await.unwrap();
+    wait_online(&observer, std::slice::from_ref(&dana), false).await;
 }

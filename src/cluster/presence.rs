@@ -115,6 +115,10 @@ return live
 /// timeout on a loaded machine, and the allocator kept what they needed: about 45 MiB a node,
 /// docs/BENCHMARKS.md); this way a publish or a probe waits behind at most this many.
 const WRITES_IN_FLIGHT: usize = 64;
+/// The first pause before a failed round of release writes is tried again; it doubles up to
+/// [`RELEASE_RETRY_MAX`].
+const RELEASE_RETRY_MIN: Duration = Duration::from_millis(100);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How far past its expiry, by a node's clock, a presence field still routes events (see
 /// [`RedisPresence::nodes_of`]).
@@ -461,10 +465,13 @@ impl RedisPresence {
     }
 
     /// The release writer: writes the counts of the users released since its last round, until
-    /// none is left. A write that fails is left to the heartbeat (and to the refresh after a
-    /// reconnect), as a lost one would be; a user with no session left here is not rewritten,
-    /// and this node's field for them counts until it expires.
+    /// none is left. A round that fails (Redis unreachable, or refusing writes) puts its users
+    /// back and is tried again after a pause that doubles up to [`RELEASE_RETRY_MAX`]: the
+    /// heartbeat rewrites only users who still have a session here, so a count that went to zero
+    /// would otherwise keep counting on other nodes (routing, the session cap) until it expires.
+    /// Each try writes the counts as they are then, so a retry never undoes a newer claim.
     async fn write_released(self: Arc<Self>) {
+        let mut pause = RELEASE_RETRY_MIN;
         loop {
             let (counts, seq) = {
                 let mut local = self.local();
@@ -482,8 +489,17 @@ impl RedisPresence {
                     .collect();
                 (counts, local.seq)
             };
-            if let Err(error) = self.write_all(&counts, seq).await {
-                tracing::debug!(error = ?error, "releasing presence entries");
+            match self.write_all(&counts, seq).await {
+                Ok(()) => pause = RELEASE_RETRY_MIN,
+                Err(error) => {
+                    tracing::debug!(error = ?error, users = counts.len(), "releasing presence entries; trying again");
+                    Metrics::add(&self.metrics.cluster.presence_release_retries, 1);
+                    self.local()
+                        .dirty
+                        .extend(counts.into_iter().map(|(user, _)| user));
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RELEASE_RETRY_MAX);
+                }
             }
         }
     }
