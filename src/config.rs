@@ -212,6 +212,9 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// How long a request body may take to arrive, from the end of its head; 408 after.
     pub body_timeout_secs: u64,
+    /// How long a request may wait for its answer (an event stream: for its response to start);
+    /// 503 after.
+    pub request_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub cors_allowed_origins: Vec<String>,
 }
@@ -336,6 +339,7 @@ impl Settings {
         let (s, mm, c, p) = (&self.server, &self.matchmaking, &self.cluster, &self.push);
         for (name, secs) in [
             ("server.body_timeout_secs", s.body_timeout_secs),
+            ("server.request_timeout_secs", s.request_timeout_secs),
             ("server.shutdown_timeout_secs", s.shutdown_timeout_secs),
             (
                 "database.connect_timeout_secs",
@@ -395,6 +399,10 @@ impl Settings {
             "server.body_timeout_secs must be at least 1"
         );
         anyhow::ensure!(
+            self.server.request_timeout_secs >= 1,
+            "server.request_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
             self.sse.queue_capacity >= 4,
             "sse.queue_capacity must be at least 4"
         );
@@ -422,6 +430,14 @@ impl Settings {
         anyhow::ensure!(
             self.cluster.lease_ttl_ms >= 300 && self.cluster.command_timeout_ms >= 1,
             "cluster.lease_ttl_ms must be at least 300 and cluster.command_timeout_ms at least 1"
+        );
+        // A follower's request waits for the leader's answer; past the request deadline its
+        // own 503 (and `GET /v1/me/match` afterwards) would never be reached.
+        anyhow::ensure!(
+            !self.redis.enabled()
+                || self.cluster.command_timeout_ms
+                    < self.server.request_timeout_secs.saturating_mul(1000),
+            "cluster.command_timeout_ms must be below server.request_timeout_secs"
         );
         anyhow::ensure!(
             self.database.max_connections >= 1,
@@ -594,6 +610,26 @@ mod tests {
                 .redis
                 .enabled()
         );
+    }
+
+    #[test]
+    fn the_request_deadline_is_positive_and_outlasts_a_cluster_command() {
+        let load = |pairs: &[(&str, &str)]| {
+            let env = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Settings::load_with_env(None, Some(env))
+        };
+        let s = load(&[]).unwrap();
+        assert_eq!(s.server.request_timeout_secs, 8);
+        assert!(s.server.request_timeout_secs < s.server.shutdown_timeout_secs);
+        assert!(load(&[("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "0")]).is_err());
+        let redis = ("BELAY__REDIS__URL", "redis://127.0.0.1:6379");
+        assert!(load(&[redis, ("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "5")]).is_err());
+        assert!(load(&[redis, ("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "6")]).is_ok());
+        // On one node there is no command to wait for.
+        assert!(load(&[("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "2")]).is_ok());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Sessions closed because their catch-up failed every retry.
     pub sessions_closed_catch_up: AtomicU64,
     pub gaps: AtomicU64,
+    /// Requests answered 503 because they had no answer within `server.request_timeout_secs`.
+    pub requests_timed_out: AtomicU64,
     pub events_created: AtomicU64,
     pub events_collapsed: AtomicU64,
     pub events_duplicate: AtomicU64,
@@ -230,7 +232,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "belay_sessions_opened_total",
                 "SSE sessions opened",
@@ -265,6 +267,11 @@ impl Metrics {
                 "belay_gaps_total",
                 "Out-of-order live frames that made a session wait for the missing one",
                 &self.gaps,
+            ),
+            (
+                "belay_requests_timed_out_total",
+                "Requests answered 503 for having no answer within server.request_timeout_secs",
+                &self.requests_timed_out,
             ),
             (
                 "belay_events_created_total",

@@ -167,6 +167,7 @@ impl Application {
         });
         let gate = connection_gate(&settings, push_handle.is_some(), metrics.clone());
         let body_timeout = Duration::from_secs(settings.server.body_timeout_secs);
+        let request_timeout = Duration::from_secs(settings.server.request_timeout_secs);
         let body_limit = settings.server.body_limit_bytes;
         let dev_tokens = settings.auth.dev_tokens;
         let heartbeat = settings.heartbeat();
@@ -189,6 +190,12 @@ impl Application {
                 .wrap(from_fn(move |mut req, next: Next<_>| {
                     http::body_deadline::limit(&mut req, body_timeout);
                     next.call(req)
+                }))
+                .wrap(from_fn({
+                    let metrics = metrics.clone();
+                    move |req, next: Next<_>| {
+                        http::deadline::bound(req, next, request_timeout, metrics.clone())
+                    }
                 }))
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(TracingLogger::<RequestSpan>::new())

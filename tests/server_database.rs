@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::process::{Running, free_port, json_of, signal, start_with, wait_exit, wait_ready};
+use support::process::{
+    Running, free_port, json_of, signal, start_logging_to, start_with, wait_exit, wait_ready,
+};
 use support::proxy::{Proxy, through, upstream};
 use support::{Database, Server, fresh_database};
 
@@ -40,12 +42,24 @@ impl Node {
     }
 
     fn start(&self) -> Running {
-        let env: Vec<(&str, &str)> = self
-            .env
+        Running(start_with(self.dir.path(), self.port, &self.env_pairs()))
+    }
+
+    /// [`Node::start`], its log written to `log` instead of the test's output.
+    fn start_logging_to(&self, log: &std::path::Path) -> Running {
+        Running(start_logging_to(
+            self.dir.path(),
+            self.port,
+            &self.env_pairs(),
+            log,
+        ))
+    }
+
+    fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        Running(start_with(self.dir.path(), self.port, &env))
+            .collect()
     }
 
     async fn token_and_key(&self, client: &reqwest::Client) -> (String, String) {
@@ -286,5 +300,87 @@ async fn a_database_missing_at_start_is_waited_for_then_given_up_on() {
         wait_ready(&client, &node.base).await;
         signal(&child.0, "TERM");
         assert!(wait_exit(&mut child.0).success(), "{name}");
+    }
+}
+
+/// A database that hangs (connections open, nothing answers: a frozen server, a network that
+/// drops packets) instead of refusing: every request is still answered, 503 with `Retry-After`
+/// within `server.request_timeout_secs`, `/readyz` says so at once, and a graceful stop ends the
+/// process cleanly although handlers were waiting on the database.
+#[tokio::test]
+async fn a_database_that_hangs_gives_503s_in_time_and_a_stop_still_exits_cleanly() {
+    for database in databases().await {
+        let server = database.server;
+        let name = server.name();
+        let mut proxy = Proxy::start(upstream(server)).await;
+        let mut node = Node::new(&through(&database.url, server, &proxy));
+        node.env
+            .push(("BELAY__SERVER__REQUEST_TIMEOUT_SECS".into(), "3".into()));
+        let log = node.dir.path().join("stderr.log");
+        let mut running = node.start_logging_to(&log);
+        let client = support::process::client();
+        wait_ready(&client, &node.base).await;
+        let (token, key) = node.token_and_key(&client).await;
+
+        proxy.stall();
+        let started = Instant::now();
+        let like =
+            json!({"user_id": "ana", "kind": "post_liked", "data": {"post_id": "p", "by": "zoe"}});
+        let requests = [
+            client
+                .get(format!("{}/v1/notifications", node.base))
+                .bearer_auth(&token),
+            client
+                .get(format!("{}/v1/preferences", node.base))
+                .bearer_auth(&token),
+            client.get(format!("{}/readyz", node.base)),
+            client
+                .post(format!("{}/v1/notify", node.base))
+                .header("X-Api-Key", &key)
+                .json(&like),
+        ];
+        let answers = futures_util::future::join_all(requests.into_iter().map(|r| async move {
+            let response = r.timeout(Duration::from_secs(20)).send().await.unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            (
+                response.status(),
+                retry_after,
+                response.json::<Value>().await.unwrap(),
+            )
+        }))
+        .await;
+        let waited = started.elapsed();
+        for (status, retry_after, body) in &answers {
+            assert_eq!(status.as_u16(), 503, "{name}: {body}");
+            assert_eq!(body["error"], "unavailable", "{name}: {body}");
+            assert!(*retry_after, "{name}: Retry-After with {body}");
+        }
+        assert!(
+            waited < Duration::from_secs(10),
+            "{name}: answered after {waited:?}"
+        );
+        let timed_out = client
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            timed_out
+                .lines()
+                .any(|l| l.starts_with("belay_requests_timed_out_total ")
+                    && l != "belay_requests_timed_out_total 0"),
+            "{name}: the deadline is counted"
+        );
+
+        signal(&running.0, "TERM");
+        let status = wait_exit(&mut running.0);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            status.success() && !text.contains("panicked"),
+            "{name}: the node ended with {status}; its log:\n{text}"
+        );
     }
 }

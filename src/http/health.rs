@@ -19,6 +19,10 @@ pub struct HealthStatus {
     redis: Option<&'static str>,
 }
 
+/// How long `/readyz` waits for the store: a database that hangs makes the node unready at
+/// once for a proxy's health check, not after the request deadline.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Liveness: the process answers.
 #[utoipa::path(
     get,
@@ -51,12 +55,17 @@ pub async fn healthz() -> HttpResponse {
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.store.ping().await.map_err(|e| {
+    let pinged = match tokio::time::timeout(READY_WAIT, state.store.ping()).await {
+        Ok(pinged) => pinged,
+        Err(_) => Err(anyhow::anyhow!("no answer within {READY_WAIT:?}")),
+    };
+    pinged.map_err(|e| {
         tracing::warn!(error = ?e, "store is not ready");
         ApiError::new(
             ErrorKind::Unavailable,
             "the store cannot be read or written",
         )
+        .retry_after(std::time::Duration::from_secs(1))
     })?;
     let redis = state.cluster.as_ref().map(|_| {
         let up = state

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod body_deadline;
 pub mod connections;
+pub mod deadline;
 pub mod dev;
 pub mod devices;
 pub mod events;

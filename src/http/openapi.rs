@@ -138,7 +138,41 @@ pub fn document(settings: &Settings) -> String {
     describe_preferences(&mut doc, settings);
     name_event_kinds(&mut doc);
     add_links(&mut doc);
+    add_unavailable(&mut doc, settings.server.request_timeout_secs);
     doc.to_string()
+}
+
+/// Every operation can answer 503 `unavailable`: a store it cannot reach, or no answer within
+/// `server.request_timeout_secs` (`http::deadline`). Operations that describe a 503 of their own
+/// keep theirs.
+fn add_unavailable(doc: &mut Value, request_timeout_secs: u64) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let unavailable = json!({
+        "description": format!(
+            "`unavailable`: the store cannot be reached, or the request had no answer within \
+             {request_timeout_secs} s (`server.request_timeout_secs`); try again after \
+             `Retry-After`"
+        ),
+        "headers": {"Retry-After": {
+            "description": "Seconds to wait before trying again",
+            "schema": {"type": "integer", "format": "int64", "minimum": 0}
+        }},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for operation in item.values_mut() {
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                responses
+                    .entry("503")
+                    .or_insert_with(|| unavailable.clone());
+            }
+        }
+    }
 }
 
 /// One named schema per event kind (`MatchFoundEvent`, …): the branches of `Event`, which the
