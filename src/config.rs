@@ -402,6 +402,12 @@ impl Settings {
             self.server.request_timeout_secs >= 1,
             "server.request_timeout_secs must be at least 1"
         );
+        // A body still arriving at the request's deadline would be cut off with a 503 that
+        // blames the store, instead of the 408 that names the slow body.
+        anyhow::ensure!(
+            self.server.body_timeout_secs < self.server.request_timeout_secs,
+            "server.body_timeout_secs must be below server.request_timeout_secs"
+        );
         anyhow::ensure!(
             self.sse.queue_capacity >= 4,
             "sse.queue_capacity must be at least 4"
@@ -613,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn the_request_deadline_is_positive_and_outlasts_a_cluster_command() {
+    fn the_request_deadline_is_positive_and_outlasts_a_body_and_a_cluster_command() {
         let load = |pairs: &[(&str, &str)]| {
             let env = pairs
                 .iter()
@@ -625,11 +631,19 @@ mod tests {
         assert_eq!(s.server.request_timeout_secs, 8);
         assert!(s.server.request_timeout_secs < s.server.shutdown_timeout_secs);
         assert!(load(&[("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "0")]).is_err());
+        assert!(s.server.body_timeout_secs < s.server.request_timeout_secs);
+        assert!(load(&[("BELAY__SERVER__BODY_TIMEOUT_SECS", "8")]).is_err());
         let redis = ("BELAY__REDIS__URL", "redis://127.0.0.1:6379");
         assert!(load(&[redis, ("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "5")]).is_err());
         assert!(load(&[redis, ("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "6")]).is_ok());
         // On one node there is no command to wait for.
-        assert!(load(&[("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "2")]).is_ok());
+        assert!(
+            load(&[
+                ("BELAY__SERVER__REQUEST_TIMEOUT_SECS", "2"),
+                ("BELAY__SERVER__BODY_TIMEOUT_SECS", "1")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
@@ -651,7 +665,7 @@ mod tests {
             (
                 "BELAY__SERVER__BODY_TIMEOUT_SECS",
                 "18446744073709551615",
-                "60",
+                "7",
             ),
             ("BELAY__CLUSTER__COMMAND_TIMEOUT_MS", "315360001000", "5000"),
             ("BELAY__RETENTION__MAX_AGE_DAYS", "3651", "3650"),

@@ -92,17 +92,7 @@ impl Node {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = client()
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /metrics"))
+        support::process::metric(&client(), &self.base, name).await
     }
 
     async fn presence(&self, users: &[&str]) -> reqwest::Response {

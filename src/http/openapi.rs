@@ -340,7 +340,7 @@ fn query_param<'a>(
 /// Refusals of every endpoint that takes a JSON body.
 #[derive(utoipa::IntoResponses)]
 pub enum JsonBodyRefusal {
-    /// `request_timeout`: the body did not arrive within `server.body_timeout_secs` (10 s by
+    /// `request_timeout`: the body did not arrive within `server.body_timeout_secs` (5 s by
     /// default) of the request's head; the connection is closed
     #[response(status = 408)]
     TimedOut(ErrorBody<'static>),
