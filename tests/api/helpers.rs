@@ -193,18 +193,8 @@ impl TestApp {
     }
 
     pub async fn metric(&self, name: &str) -> i64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+        // Counters and gauges here are whole numbers.
+        crate::support::process::metric(&self.client, &self.address, name).await as i64
     }
 
     /// Polls a metric until it equals `want` or [`WAIT`] passes.
