@@ -56,7 +56,8 @@ struct Cluster {
     database: Database,
     prefix: String,
     http: reqwest::Client,
-    _dirs: Vec<tempfile::TempDir>,
+    /// Each node's folder (its log is there when the nodes reach the database through a proxy).
+    dirs: Vec<tempfile::TempDir>,
 }
 
 async fn cluster_of(n: usize) -> Option<Cluster> {
@@ -107,7 +108,7 @@ async fn cluster_through(n: usize, proxy: Option<&Proxy>) -> Option<Cluster> {
         database,
         prefix,
         http,
-        _dirs: dirs,
+        dirs,
     })
 }
 
@@ -544,7 +545,7 @@ async fn a_leader_stopped_while_its_database_hangs_exits_cleanly() {
     let node = &mut cluster.nodes[0].process.0;
     signal(node, "TERM");
     let status = wait_exit(node);
-    let log = std::fs::read_to_string(cluster._dirs[0].path().join("stderr.log")).unwrap();
+    let log = std::fs::read_to_string(cluster.dirs[0].path().join("stderr.log")).unwrap();
     assert!(
         status.success() && !log.contains("panicked"),
         "the node ended with {status}; its log:\n{log}"
