@@ -325,7 +325,6 @@ async fn a_database_that_hangs_gives_503s_in_time_and_a_stop_still_exits_cleanly
         let (token, key) = node.token_and_key(&client).await;
 
         proxy.stall();
-        let started = Instant::now();
         let like =
             json!({"user_id": "ana", "kind": "post_liked", "data": {"post_id": "p", "by": "zoe"}});
         let requests = [
@@ -351,19 +350,20 @@ async fn a_database_that_hangs_gives_503s_in_time_and_a_stop_still_exits_cleanly
             )
         }))
         .await;
-        let waited = started.elapsed();
         for (status, retry_after, body) in &answers {
             assert_eq!(status.as_u16(), 503, "{name}: {body}");
             assert_eq!(body["error"], "unavailable", "{name}: {body}");
             assert!(*retry_after, "{name}: Retry-After with {body}");
         }
-        assert!(
-            waited < Duration::from_secs(10),
-            "{name}: answered after {waited:?}"
-        );
+        // The list, the preferences and the notify were answered by the deadline (not by the
+        // writer's own 10 s attempt limit, nor by the client giving up); `/readyz` by its own
+        // 2 s wait.
         let timed_out =
             support::process::metric(&client, &node.base, "belay_requests_timed_out_total").await;
-        assert!(timed_out >= 1.0, "{name}: the deadline is counted");
+        assert!(
+            timed_out >= 3.0,
+            "{name}: {timed_out} answered by the deadline"
+        );
 
         signal(&running.0, "TERM");
         let status = wait_exit(&mut running.0);
