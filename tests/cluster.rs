@@ -1,5 +1,6 @@
 //! Cluster mode end to end: real `belay` processes on one PostgreSQL database and one Redis
-//! (the machine's, or servers the test owns), each test under a Redis key prefix of its own.
+//! (the machine's, or servers the test owns), each test under a Redis key prefix of its own; the
+//! delivery tests again on MariaDB.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -149,8 +150,18 @@ async fn quiet_for(stream: &mut Stream, wait: Duration) {
 #[tokio::test]
 async fn an_event_posted_on_one_node_reaches_the_users_sessions_on_the_others_and_only_those_nodes()
 {
+    posted_on_one_node_reaches_the_others(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn an_event_posted_on_one_node_reaches_the_users_sessions_on_the_others_and_only_those_nodes_on_mariadb()
+ {
+    posted_on_one_node_reaches_the_others(Server::MySql).await;
+}
+
+async fn posted_on_one_node_reaches_the_others(server: Server) {
     let Some(redis) = shared() else { return };
-    let Some(db) = fresh_database(Server::Postgres).await else {
+    let Some(db) = fresh_database(server).await else {
         return;
     };
     let prefix = unique_prefix();
@@ -200,8 +211,17 @@ async fn an_event_posted_on_one_node_reaches_the_users_sessions_on_the_others_an
 /// publishes, and every one arrives live, in order, with no gap left for the store to fill.
 #[tokio::test]
 async fn a_burst_crosses_in_shared_publishes_and_every_event_arrives_live_in_order() {
+    burst_across_nodes(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_burst_crosses_in_shared_publishes_and_every_event_arrives_live_in_order_on_mariadb() {
+    burst_across_nodes(Server::MySql).await;
+}
+
+async fn burst_across_nodes(server: Server) {
     let Some(redis) = shared() else { return };
-    let Some(db) = fresh_database(Server::Postgres).await else {
+    let Some(db) = fresh_database(server).await else {
         return;
     };
     let prefix = unique_prefix();
@@ -359,10 +379,19 @@ async fn expect_cursors(stream: &mut Stream, n: i64, wait: Duration) {
 
 #[tokio::test]
 async fn a_redis_restart_mid_stream_loses_and_repeats_nothing() {
+    redis_restart_mid_stream(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_loses_and_repeats_nothing_on_mariadb() {
+    redis_restart_mid_stream(Server::MySql).await;
+}
+
+async fn redis_restart_mid_stream(server: Server) {
     let Some(mut redis) = OwnRedis::start() else {
         return;
     };
-    let Some(db) = fresh_database(Server::Postgres).await else {
+    let Some(db) = fresh_database(server).await else {
         return;
     };
     let prefix = unique_prefix();

@@ -1,6 +1,7 @@
 //! One matchmaker across nodes: real `belay` processes on loopback ports, one PostgreSQL
-//! database and the machine's Redis (a key prefix of their own per test). Skipped, saying why,
-//! when Redis or PostgreSQL is absent, unless `BELAY_TEST_REQUIRE_SERVICES=1`.
+//! database and the machine's Redis (a key prefix of their own per test); the takeover, fencing
+//! and stored-match tests again on MariaDB. Skipped, saying why, when Redis or a database server
+//! is absent, unless `BELAY_TEST_REQUIRE_SERVICES=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -60,19 +61,20 @@ struct Cluster {
     dirs: Vec<tempfile::TempDir>,
 }
 
-async fn cluster_of(n: usize) -> Option<Cluster> {
-    cluster_through(n, None).await
+/// `n` nodes on a fresh database of `server` and the machine's Redis.
+async fn cluster_of(server: Server, n: usize) -> Option<Cluster> {
+    cluster_through(server, n, None).await
 }
 
 /// [`cluster_of`], the nodes reaching the database through `proxy` when one is given, each
 /// node's log kept in `stderr.log` in its folder then (not in the test's output).
-async fn cluster_through(n: usize, proxy: Option<&Proxy>) -> Option<Cluster> {
+async fn cluster_through(server: Server, n: usize, proxy: Option<&Proxy>) -> Option<Cluster> {
     if !redis_up().await {
         return None;
     }
-    let database = fresh_database(Server::Postgres).await?;
+    let database = fresh_database(server).await?;
     let url = match proxy {
-        Some(proxy) => through(&database.url, Server::Postgres, proxy),
+        Some(proxy) => through(&database.url, server, proxy),
         None => database.url.clone(),
     };
     let prefix = format!("belay-test-{}", uuid::Uuid::new_v4().simple());
@@ -112,9 +114,10 @@ async fn cluster_through(n: usize, proxy: Option<&Proxy>) -> Option<Cluster> {
     })
 }
 
-/// Two nodes, once one of them leads: the cluster and the leader's index.
-async fn two_nodes() -> Option<(Cluster, usize)> {
-    let cluster = cluster_of(2).await?;
+/// Two nodes on a fresh database of `server`, once one of them leads: the cluster and the
+/// leader's index.
+async fn two_nodes(server: Server) -> Option<(Cluster, usize)> {
+    let cluster = cluster_of(server, 2).await?;
     let leader = cluster
         .leader(&[0, 1], Duration::from_secs(10))
         .await
@@ -186,15 +189,24 @@ impl Cluster {
 
     /// `(user, kind) → count` of every stored event.
     async fn stored_events(&self) -> BTreeMap<(String, String), i64> {
-        let mut db = sqlx::PgConnection::connect(&self.database.url)
-            .await
-            .unwrap();
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT user_id, kind, COUNT(*) FROM notifications GROUP BY user_id, kind",
-        )
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+        const SQL: &str =
+            "SELECT user_id, kind, COUNT(*) FROM notifications GROUP BY user_id, kind";
+        let url = &self.database.url;
+        let rows: Vec<(String, String, i64)> = match self.database.server {
+            Server::Postgres => {
+                let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_as(SQL).fetch_all(&mut db).await.unwrap()
+            }
+            Server::MySql => {
+                // ASCII columns with a binary collation: the driver reports them as bytes.
+                let mut db = sqlx::MySqlConnection::connect(url).await.unwrap();
+                let rows: Vec<(Vec<u8>, Vec<u8>, i64)> =
+                    sqlx::query_as(SQL).fetch_all(&mut db).await.unwrap();
+                rows.into_iter()
+                    .map(|(u, k, n)| (utf8(u), utf8(k), n))
+                    .collect()
+            }
+        };
         rows.into_iter().map(|(u, k, n)| ((u, k), n)).collect()
     }
 
@@ -239,14 +251,25 @@ impl Cluster {
     }
 
     async fn fence(&self) -> (i64, Option<String>) {
-        let mut db = sqlx::PgConnection::connect(&self.database.url)
-            .await
-            .unwrap();
-        sqlx::query_as("SELECT token, last_command FROM matchmaker_fence WHERE id = 1")
-            .fetch_one(&mut db)
-            .await
-            .unwrap()
+        const SQL: &str = "SELECT token, last_command FROM matchmaker_fence WHERE id = 1";
+        let url = &self.database.url;
+        match self.database.server {
+            Server::Postgres => {
+                let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_as(SQL).fetch_one(&mut db).await.unwrap()
+            }
+            Server::MySql => {
+                let mut db = sqlx::MySqlConnection::connect(url).await.unwrap();
+                let (token, last): (i64, Option<Vec<u8>>) =
+                    sqlx::query_as(SQL).fetch_one(&mut db).await.unwrap();
+                (token, last.map(utf8))
+            }
+        }
     }
+}
+
+fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("text")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -259,7 +282,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// stream.
 #[tokio::test]
 async fn commands_on_the_leaders_own_node_skip_the_stream_and_meet_the_others() {
-    let Some((cluster, leader)) = two_nodes().await else {
+    let Some((cluster, leader)) = two_nodes(Server::Postgres).await else {
         return;
     };
     let follower = 1 - leader;
@@ -330,7 +353,16 @@ async fn commands_on_the_leaders_own_node_skip_the_stream_and_meet_the_others() 
 
 #[tokio::test]
 async fn a_join_on_a_follower_is_answered_with_the_match_stored() {
-    let Some((cluster, leader)) = two_nodes().await else {
+    join_on_a_follower(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_join_on_a_follower_is_answered_with_the_match_stored_on_mariadb() {
+    join_on_a_follower(Server::MySql).await;
+}
+
+async fn join_on_a_follower(server: Server) {
+    let Some((cluster, leader)) = two_nodes(server).await else {
         return;
     };
     let follower = 1 - leader;
@@ -385,7 +417,16 @@ async fn a_join_on_a_follower_is_answered_with_the_match_stored() {
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
-    let Some(mut cluster) = cluster_of(3).await else {
+    killed_leader(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice_on_mariadb() {
+    killed_leader(Server::MySql).await;
+}
+
+async fn killed_leader(server: Server) {
+    let Some(mut cluster) = cluster_of(server, 3).await else {
         return;
     };
     let leader = cluster
@@ -511,7 +552,16 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost_or_applied_twice() {
 /// made before is read by the successor.
 #[tokio::test]
 async fn a_new_leader_records_its_fencing_number_before_it_restores() {
-    let Some((mut cluster, leader)) = two_nodes().await else {
+    fencing_number_first(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_new_leader_records_its_fencing_number_before_it_restores_on_mariadb() {
+    fencing_number_first(Server::MySql).await;
+}
+
+async fn fencing_number_first(server: Server) {
+    let Some((mut cluster, leader)) = two_nodes(server).await else {
         return;
     };
     let first = cluster.term_recorded().await;
@@ -532,7 +582,7 @@ async fn a_new_leader_records_its_fencing_number_before_it_restores() {
 #[tokio::test]
 async fn a_leader_stopped_while_its_database_hangs_exits_cleanly() {
     let mut proxy = Proxy::start(upstream(Server::Postgres)).await;
-    let Some(mut cluster) = cluster_through(1, Some(&proxy)).await else {
+    let Some(mut cluster) = cluster_through(Server::Postgres, 1, Some(&proxy)).await else {
         return;
     };
     cluster
@@ -554,7 +604,16 @@ async fn a_leader_stopped_while_its_database_hangs_exits_cleanly() {
 
 #[tokio::test]
 async fn a_paused_leader_resumed_after_its_successor_started_writes_nothing() {
-    let Some((cluster, leader)) = two_nodes().await else {
+    paused_leader(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_paused_leader_resumed_after_its_successor_started_writes_nothing_on_mariadb() {
+    paused_leader(Server::MySql).await;
+}
+
+async fn paused_leader(server: Server) {
+    let Some((cluster, leader)) = two_nodes(server).await else {
         return;
     };
     let other = 1 - leader;
