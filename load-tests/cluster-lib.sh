@@ -1,9 +1,30 @@
 # Shared by the cluster load scripts (cross-node.sh, cluster-matchmaking.sh, cluster-fanout.sh,
 # node-loss.sh); sourced, not run.
 # Expects ROOT, WORK and PG_ADMIN set; keeps the started nodes in PIDS and the database in DB.
+# DB_SERVER=mysql puts the nodes on the machine's MariaDB/MySQL instead of PostgreSQL
+# (BELAY_TEST_MYSQL_URL, as in the tests).
 
 PIDS=()
 DB=""
+DB_SERVER=${DB_SERVER:-postgres}
+MY_ADMIN=${BELAY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+# The database server's process name, for cpu_of.
+case "$DB_SERVER" in
+    postgres) DB_PROCESS=postgres ;;
+    mysql) DB_PROCESS=mariadbd ;;
+    *)
+        echo "DB_SERVER is postgres or mysql, not $DB_SERVER" >&2
+        exit 1
+        ;;
+esac
+
+# mysql://USER@HOST:PORT/DB → the mariadb client's flags.
+mariadb_cli() {
+    local rest=${MY_ADMIN#*://}
+    local user=${rest%%@*} hostport=${rest#*@}
+    hostport=${hostport%%/*}
+    mariadb -u "${user%%:*}" -h "${hostport%%:*}" -P "${hostport##*:}" "$@"
+}
 
 # Stops every node started, then drops the row's database.
 stop_nodes() {
@@ -13,16 +34,27 @@ stop_nodes() {
     done
     PIDS=()
     if [[ -n "$DB" ]]; then
-        psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+        case "$DB_SERVER" in
+            postgres) psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" ;;
+            mysql) mariadb_cli -e "DROP DATABASE IF EXISTS $DB" ;;
+        esac
         DB=""
     fi
 }
 
-# A fresh PostgreSQL database for the row: sets DB (dropped by stop_nodes) and its URL.
+# A fresh database on DB_SERVER for the row: sets DB (dropped by stop_nodes) and its URL.
 fresh_database() {
     DB="belay_load_$$_$RANDOM"
-    psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
-    URL="${PG_ADMIN%/*}/$DB"
+    case "$DB_SERVER" in
+        postgres)
+            psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
+            URL="${PG_ADMIN%/*}/$DB"
+            ;;
+        mysql)
+            mariadb_cli -e "CREATE DATABASE $DB"
+            URL="${MY_ADMIN%/*}/$DB"
+            ;;
+    esac
 }
 
 # Binaries: given (BELAY_BIN, LOAD_BIN), or built now and copied, so a build elsewhere cannot

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Matchmaking across nodes beside one node, alternated in the same run: `belay-load matchmaking`
-# against one node on PostgreSQL, then against three nodes on the same kind of database and one
-# Redis, with the climbers spread over the three (one client process per node). Fresh database
-# and nodes per row. Loopback only; every run is bounded in time.
+# against one node on PostgreSQL (DB_SERVER=mysql: MariaDB), then against three nodes on the same
+# kind of database and one Redis, with the climbers spread over the three (one client process
+# per node). Fresh database and nodes per row. Loopback only; every run is bounded in time.
 #
 # Usage: load-tests/cluster-matchmaking.sh          (settings below, as environment variables)
 set -euo pipefail
@@ -15,6 +15,9 @@ CLIMBERS=${CLIMBERS:-6000}
 CONCURRENCY=${CONCURRENCY:-64}
 PORTS=(${PORTS:-18281 18282 18283})
 REDIS=${REDIS:-redis://127.0.0.1:6379}
+# More BELAY__* settings for each of the three nodes, space-separated
+# (e.g. BELAY__SERVER__WORKERS=1, so three nodes run as many HTTP workers as there are cores).
+CLUSTER_SETTINGS=${CLUSTER_SETTINGS:-}
 PG_ADMIN=${BELAY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 OUT=${OUT:-$ROOT/load-tests/results/cluster-matchmaking-$(date +%Y%m%d-%H%M%S)}
 WORK=$(mktemp -d /tmp/belay-cluster-mm.XXXXXX)
@@ -37,7 +40,7 @@ for run in $(seq "$RUNS"); do
         else
             for port in "${PORTS[@]}"; do
                 start_node "$port" BELAY__DATABASE__URL="$URL" BELAY__REDIS__URL="$REDIS" \
-                    BELAY__CLUSTER__KEY_PREFIX="$DB" "${secrets[@]}"
+                    BELAY__CLUSTER__KEY_PREFIX="$DB" "${secrets[@]}" $CLUSTER_SETTINGS
             done
             extra=(--node "http://127.0.0.1:${PORTS[1]}" --node "http://127.0.0.1:${PORTS[2]}")
         fi
@@ -47,13 +50,13 @@ for run in $(seq "$RUNS"); do
             server_pids+=(--server-pid "$pid")
         done
         redis_before=$(cpu_of redis-server)
-        pg_before=$(cpu_of postgres)
+        db_before=$(cpu_of "$DB_PROCESS")
         "$LOAD_BIN" matchmaking --url "http://127.0.0.1:${PORTS[0]}" "${extra[@]}" \
             --api-key cluster-mm-key --climbers "$CLIMBERS" --per-worker "$per_worker" --concurrency "$CONCURRENCY" \
             "${server_pids[@]}" --out "$OUT/$mode-$run.json" | tee "$OUT/$mode-$run.txt"
         # The services the nodes share, over the same run (both serve this row only).
-        awk -v r0="$redis_before" -v r1="$(cpu_of redis-server)" -v p0="$pg_before" \
-            -v p1="$(cpu_of postgres)" 'BEGIN { printf "shared services CPU: redis %.2f s, postgres %.2f s\n", r1 - r0, p1 - p0 }' |
+        awk -v r0="$redis_before" -v r1="$(cpu_of redis-server)" -v p0="$db_before" \
+            -v p1="$(cpu_of "$DB_PROCESS")" -v db="$DB_SERVER" 'BEGIN { printf "shared services CPU: redis %.2f s, %s %.2f s\n", r1 - r0, db, p1 - p0 }' |
             tee -a "$OUT/$mode-$run.txt"
         stop_nodes
     done

@@ -60,7 +60,7 @@ for run in $(seq "$RUNS"); do
                 continue
             fi
             fresh_database
-            if [[ -n "$SYNCHRONOUS_COMMIT" ]]; then
+            if [[ -n "$SYNCHRONOUS_COMMIT" && $DB_SERVER == postgres ]]; then
                 psql "$PG_ADMIN" -qc "ALTER DATABASE $DB SET synchronous_commit = $SYNCHRONOUS_COMMIT"
             fi
             for port in "$PORT_A" "$PORT_B"; do
