@@ -1,7 +1,7 @@
 //! Three `belay` nodes behind nginx, run with the repository's own proxy settings
-//! (`deploy/nginx/belay.conf`), on one PostgreSQL database and one Redis: a node is SIGKILLed
-//! while 5,000 events flow to 100 users whose clients reconnect through the proxy with
-//! `Last-Event-ID`. Every user gets every event once, in cursor order.
+//! (`deploy/nginx/belay.conf`), on one PostgreSQL database (and again on MariaDB) and one Redis:
+//! a node is SIGKILLed while 5,000 events flow to 100 users whose clients reconnect through the
+//! proxy with `Last-Event-ID`. Every user gets every event once, in cursor order.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -151,8 +151,17 @@ async fn read_all(base: String, token: String, reconnects: Arc<AtomicUsize>) -> 
 
 #[tokio::test]
 async fn a_node_killed_mid_stream_behind_the_proxy_loses_and_repeats_nothing() {
+    node_killed_behind_the_proxy(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_stream_behind_the_proxy_loses_and_repeats_nothing_on_mariadb() {
+    node_killed_behind_the_proxy(Server::MySql).await;
+}
+
+async fn node_killed_behind_the_proxy(server: Server) {
     let Some(redis) = shared() else { return };
-    let Some(database) = fresh_database(Server::Postgres).await else {
+    let Some(database) = fresh_database(server).await else {
         return;
     };
     let prefix = unique_prefix();

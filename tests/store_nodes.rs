@@ -17,7 +17,7 @@ use belay::store::{
     AppendOutcome, Appended, Change, ListQuery, NewEvent, Page, ReadSelector, Store,
 };
 use chrono::Utc;
-use support::{backends, user};
+use support::{Server, backends, fresh_database, user};
 use uuid::Uuid;
 
 const USERS: usize = 20;
@@ -569,5 +569,36 @@ async fn a_collapsed_like_keeps_one_push_job_and_a_removed_device_takes_its_jobs
             .await
             .unwrap();
         assert_eq!(pruned, 1, "{name}");
+    }
+}
+
+/// Nodes started together on a new database take turns with the migrations: each opens the
+/// store, none fails on another's half-applied schema (MariaDB/MySQL cannot roll back DDL).
+#[tokio::test]
+async fn nodes_starting_together_on_a_new_database_take_turns_with_the_migrations() {
+    const NODES: usize = 6;
+    for server in [Server::Postgres, Server::MySql] {
+        let Some(database) = fresh_database(server).await else {
+            continue;
+        };
+        let opened = futures_util::future::join_all(
+            (0..NODES).map(|_| belay::store::connect(&database.url, 2)),
+        )
+        .await;
+        let stores: Vec<Arc<dyn Store>> = opened
+            .into_iter()
+            .enumerate()
+            .map(|(i, store)| {
+                store.unwrap_or_else(|e| panic!("{}: node {i}: {e:#}", server.name()))
+            })
+            .collect();
+        // Every node writes through the schema the others saw applied.
+        for (i, store) in stores.iter().enumerate() {
+            let appended = store
+                .append(vec![event(i)])
+                .await
+                .unwrap_or_else(|e| panic!("{}: node {i}: {e:#}", server.name()));
+            assert_eq!(appended.len(), 1, "{}", server.name());
+        }
     }
 }

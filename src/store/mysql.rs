@@ -11,7 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
+use sqlx::{Connection, Executor, MySql, MySqlConnection, QueryBuilder, Row, Transaction};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -29,6 +29,40 @@ use crate::domain::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// How long one wait for another node's migrations lasts before it is logged and waited again.
+const MIGRATION_LOCK_WAIT_SECS: u32 = 5;
+
+/// Applies the migrations holding a named lock of this database, on a connection of its own, so
+/// that nodes started together take turns. sqlx's own lock asks to wait for ever with a negative
+/// timeout, which MariaDB answers at once with NULL (no lock, no wait): without this, nodes
+/// started together on a new database, or after an upgrade that brings a migration, find the
+/// migration another node is applying and exit with an error. Closing the connection frees the
+/// lock, also when a migration fails.
+async fn migrate(options: &MySqlConnectOptions, database: &str) -> anyhow::Result<()> {
+    let mut conn = MySqlConnection::connect_with(options).await?;
+    // Lock names are server-wide and at most 64 characters.
+    let name: String = format!("belay-migrations:{database}")
+        .chars()
+        .take(64)
+        .collect();
+    loop {
+        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(&name)
+            .bind(MIGRATION_LOCK_WAIT_SECS)
+            .fetch_one(&mut conn)
+            .await
+            .context("taking the migration lock")?;
+        match locked {
+            Some(1) => break,
+            Some(_) => tracing::info!("waiting for another node to finish the migrations"),
+            None => anyhow::bail!("the server refused the migration lock {name:?}"),
+        }
+    }
+    let applied = MIGRATOR.run_direct(&mut conn).await;
+    conn.close().await.ok();
+    Ok(applied?)
+}
 
 /// How long `connect` and every later acquire wait for a connection before failing: an
 /// unreachable server is reported within this, and the caller decides whether to try again.
@@ -110,8 +144,7 @@ impl MySqlStore {
             )
             .await
             .with_context(|| format!("connecting to MariaDB/MySQL at {place}"))?;
-        MIGRATOR
-            .run(&pool)
+        migrate(&options, options.get_database().unwrap_or_default())
             .await
             .context("applying MariaDB/MySQL migrations")?;
         let writer = pool_options(WRITER_CONNECTIONS)
