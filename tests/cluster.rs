@@ -14,6 +14,7 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::process::{Running, client, free_port, json_of, next, signal, start_with, wait_ready};
+use support::proxy::Proxy;
 use support::redis::{OwnCluster, OwnRedis, shared, unique_prefix};
 use support::{Server, fresh_database};
 
@@ -748,4 +749,126 @@ async fn a_release_redis_refused_is_written_once_it_takes_writes_again() {
     );
     let _: () = set_maxmemory("0").query_async(&mut admin).await.unwrap();
     wait_online(&observer, std::slice::from_ref(&dana), false).await;
+}
+
+/// Messages a node kept while it could not reach Redis all arrive once it is back, however many:
+/// here more than a receiving node reads from one publish (4,096), for users whose sessions are on
+/// a node that stayed connected, so no catch-up of its own fills what a lost publish would leave
+/// out. Only the sending node is cut off (its Redis connections go through a proxy).
+#[tokio::test]
+async fn every_message_kept_while_cut_off_from_redis_arrives_once_the_node_is_back() {
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    const USERS: usize = 100;
+    const EACH: usize = 42;
+    let port: u16 = redis
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap();
+    let mut proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    let prefix = unique_prefix();
+    let through = format!("redis://127.0.0.1:{}", proxy.port);
+    let a = Node::start(&db.url, &through, &prefix, &[]).await;
+    let b = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let mut streams = Vec::new();
+    for u in 0..USERS {
+        streams.push(b.stream(&format!("u{u}")).await);
+    }
+
+    let catch_ups = b.metric("belay_bridge_catch_ups_total").await;
+    proxy.cut();
+    let until = Instant::now() + Duration::from_secs(10);
+    while a.metric("belay_bridge_up").await != 0.0 {
+        assert!(Instant::now() < until, "A's bridge is still up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Posted on A while it cannot publish: A keeps them (fewer than it may keep, 10,000).
+    for i in 0..EACH {
+        let events: Vec<Value> = (0..USERS)
+            .map(|u| {
+                json!({"user_id": format!("u{u}"), "kind": "post_liked",
+                       "data": {"post_id": format!("p{i}"), "by": "zoe"}})
+            })
+            .collect();
+        let r = client()
+            .post(format!("{}/v1/notify", a.base))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(
+        a.metric("belay_bridge_up").await,
+        0.0,
+        "A was cut off throughout"
+    );
+    proxy.resume().await;
+
+    for (u, stream) in streams.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < EACH {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(e))) if e.event == "post_liked" => {
+                    seen.push(e.id.parse::<usize>().unwrap());
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            (1..=EACH).collect::<Vec<_>>(),
+            "u{u}: once each, in order"
+        );
+    }
+    assert_eq!(
+        b.metric("belay_gaps_total").await,
+        0.0,
+        "no gap was left to fill"
+    );
+    assert_eq!(
+        b.metric("belay_bridge_catch_ups_total").await,
+        catch_ups,
+        "they arrived live, not by a catch-up"
+    );
+}
+
+/// A message in Belay's format that a node cannot read may have carried events for its
+/// sessions, and nothing shows the gap when they were their users' last: every session of the
+/// node catches up from the store.
+#[tokio::test]
+async fn an_unreadable_message_from_another_node_makes_every_session_catch_up() {
+    let Some(redis) = shared() else { return };
+    let Some(db) = fresh_database(Server::Postgres).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let b = Node::start(&db.url, &redis, &prefix, &[]).await;
+    let _streams = [b.stream("u0").await, b.stream("u1").await];
+    let before = b.metric("belay_bridge_catch_ups_total").await;
+
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // A batch announcing more messages than a node reads from one publish.
+    let receivers: i64 = redis::cmd("SPUBLISH")
+        .arg(format!("{{{prefix}:broadcast}}"))
+        .arg("BLY1 n-other M 99999\n")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1, "the node listens on the broadcast channel");
+    let until = Instant::now() + Duration::from_secs(5);
+    while b.metric("belay_bridge_catch_ups_total").await < before + 2.0 {
+        assert!(Instant::now() < until, "the sessions did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -34,7 +34,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Messages kept while Redis is unreachable; beyond it the oldest are dropped and every node is
 /// asked to catch up once the bridge is back.
 const WAITING_CAPACITY: usize = 10_000;
-/// Messages published together, sharing their presence look-ups.
+/// Messages taken from the inbox together, sharing their presence look-ups; also the most one
+/// publish to a node carries (see [`super::message::encode_batch`]).
 const PUBLISH_BATCH: usize = 256;
 /// How often the link's clock is looked at (probe due or overdue), as a share of the probe
 /// interval.
@@ -316,15 +317,20 @@ impl RedisBridgeActor {
                 }
             }
         }
+        // A batch carries at most PUBLISH_BATCH messages: a receiving node reads a bounded
+        // number from one publish, and after a reconnect this batch holds every message that
+        // waited (up to WAITING_CAPACITY).
         for (node, payloads) in per_node {
             let channel = self.keys.node_channel(node);
-            sends.push(match payloads.as_slice() {
-                [one] => self.server.publish(&channel, one),
-                many => self.server.publish(
-                    &channel,
-                    &super::message::encode_batch(self.keys.node(), many),
-                ),
-            });
+            for chunk in payloads.chunks(PUBLISH_BATCH) {
+                sends.push(match chunk {
+                    [one] => self.server.publish(&channel, one),
+                    many => self.server.publish(
+                        &channel,
+                        &super::message::encode_batch(self.keys.node(), many),
+                    ),
+                });
+            }
         }
         let publishes = sends.len() as u64;
         let results = futures_util::future::join_all(sends.iter().map(|cmd| {
@@ -355,7 +361,16 @@ impl RedisBridgeActor {
             return;
         };
         let Some(messages) = super::message::decode_any(raw) else {
-            tracing::debug!("ignoring a message not in Belay's format");
+            if super::message::is_ours(raw) {
+                // It may have carried events for this node's sessions; a later event of the
+                // same user would show the gap, but a user's last one has none after it.
+                tracing::warn!(
+                    "a message from another node could not be read; every session catches up"
+                );
+                self.hubs.resync_all();
+            } else {
+                tracing::debug!("ignoring a message not in Belay's format");
+            }
             return;
         };
         for message in messages {

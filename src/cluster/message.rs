@@ -99,6 +99,12 @@ impl Message {
     }
 }
 
+/// Whether `raw` claims to be a Belay message (its magic), readable or not.
+pub fn is_ours(raw: &[u8]) -> bool {
+    raw.strip_prefix(MAGIC.as_bytes())
+        .is_some_and(|rest| rest.first() == Some(&b' '))
+}
+
 /// Most messages one batch may announce (a bridge publishes at most 256 at a time).
 const MAX_BATCH: usize = 4096;
 
@@ -186,6 +192,10 @@ mod tests {
         ] {
             assert_eq!(Message::decode(junk), None);
         }
+        for theirs in [&b""[..], b"hello", b"BLY2 n B\n", b"BLY1", b"BLY1x n B\n"] {
+            assert!(!is_ours(theirs), "{:?}", String::from_utf8_lossy(theirs));
+        }
+        assert!(is_ours(b"BLY1 n X\n"));
     }
 
     #[test]
@@ -232,6 +242,7 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&junk)
             );
+            assert!(is_ours(&junk), "{:?}", String::from_utf8_lossy(&junk));
         }
     }
 }
