@@ -43,13 +43,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# mysql://USER@HOST:PORT/DB → the mariadb client's flags.
-mariadb_cli() {
-    local rest=${MY_ADMIN#*://}
-    local user=${rest%%@*} hostport=${rest#*@}
-    hostport=${hostport%%/*}
-    mariadb -u "${user%%:*}" -h "${hostport%%:*}" -P "${hostport##*:}" "$@"
-}
+# mariadb_cli (the mariadb client for MY_ADMIN), shared with the cluster scripts.
+# shellcheck source=load-tests/cluster-lib.sh
+. "$ROOT/load-tests/cluster-lib.sh"
 
 # Binaries: given, or built now and copied, so a build elsewhere cannot swap them mid-run.
 if [[ -z "${BELAY_BIN:-}" || -z "${LOAD_BIN:-}" ]]; then

@@ -88,6 +88,15 @@ start_node() {
     exit 1
 }
 
+# Waits until `belay-load` (pid $2, its standard error in $1) says it is publishing, or ends.
+wait_publishing() {
+    for _ in $(seq 600); do
+        grep -qs "publishing" "$1" && return
+        kill -0 "$2" 2>/dev/null || return
+        sleep 0.1
+    done
+}
+
 # CPU seconds (user + system) of every live process whose name is one of the arguments, summed:
 # `cpu_of redis-server` before and after a row gives what the shared services spent on it.
 cpu_of() {

@@ -107,11 +107,7 @@ for run in $(seq "$RUNS"); do
         --out "$OUT/notify-$run.json" >"$OUT/notify-$run.txt" 2>"$log" &
     LOAD_PID=$!
     # The kill comes KILL_AFTER seconds after publishing began (the tool says when).
-    for _ in $(seq 600); do
-        grep -qs "publishing" "$log" && break
-        kill -0 "$LOAD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_publishing "$log" "$LOAD_PID"
     sleep "$KILL_AFTER"
     kill -KILL "$victim"
     echo "SIGKILL sent to pid $victim at $(date +%T.%N)" | tee -a "$log"

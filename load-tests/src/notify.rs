@@ -935,6 +935,8 @@ struct Report {
     events_delivered: u64,
     /// Accepted by the server but never received.
     events_lost: u64,
+    /// The first lost events (up to [`LOST_LISTED`]), to look them up in the store.
+    lost_first: Vec<LostEvent>,
     /// Received although the request failed (e.g. timed out after the server stored it).
     delivered_despite_error: u64,
     duplicates: u64,
@@ -960,6 +962,17 @@ struct Report {
     publish_errors: Vec<ErrorCount>,
 }
 
+/// How many lost events a report names.
+const LOST_LISTED: usize = 20;
+
+/// A lost event: its user, its post id (`lt-<sequence>`) and when it was sent (ms into the run).
+#[derive(Debug, Serialize)]
+struct LostEvent {
+    user_id: String,
+    post_id: String,
+    sent_ms: u64,
+}
+
 fn build_report(
     args: &NotifyArgs,
     run: &str,
@@ -971,7 +984,8 @@ fn build_report(
 ) -> Result<Report> {
     let sum = |f: fn(&ReceiverStats) -> u64| stats.iter().map(f).sum::<u64>();
     let (mut sent, mut accepted, mut lost, mut despite_error) = (0, 0, 0, 0);
-    for slot in &shared.slots {
+    let mut lost_first = Vec::new();
+    for (seq, slot) in shared.slots.iter().enumerate() {
         let state = slot.state.load(Ordering::Acquire);
         if state == UNSENT {
             continue;
@@ -981,6 +995,13 @@ fn build_report(
         if state == ACCEPTED {
             accepted += 1;
             lost += u64::from(!received);
+            if !received && lost_first.len() < LOST_LISTED {
+                lost_first.push(LostEvent {
+                    user_id: format!("lt-{run}-{}", slot.user.load(Ordering::Relaxed)),
+                    post_id: format!("lt-{seq}"),
+                    sent_ms: slot.sent_ns.load(Ordering::Acquire).saturating_sub(1) / 1_000_000,
+                });
+            }
         } else {
             despite_error += u64::from(received);
         }
@@ -1024,6 +1045,7 @@ fn build_report(
         events_accepted: accepted,
         events_delivered: sum(|s| s.delivered),
         events_lost: lost,
+        lost_first,
         delivered_despite_error: despite_error,
         duplicates: sum(|s| s.duplicates),
         out_of_order: sum(|s| s.out_of_order),
@@ -1096,6 +1118,14 @@ impl Report {
             ),
         );
         row("lost", self.events_lost);
+        if !self.lost_first.is_empty() {
+            let listed: Vec<String> = self
+                .lost_first
+                .iter()
+                .map(|l| format!("{} {} ({} ms)", l.user_id, l.post_id, l.sent_ms))
+                .collect();
+            row("lost, the first", listed.join(", "));
+        }
         row(
             "duplicates / out-of-order",
             format!("{} / {}", self.duplicates, self.out_of_order),
