@@ -30,7 +30,11 @@ use crate::metrics::Metrics;
 
 /// First wait before reconnecting; it doubles up to [`BACKOFF_MAX`], with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Only attempts that could not reach Redis grow the wait (a connection that got as far as the
+/// catch-up starts again from [`BACKOFF_MIN`]), and such an attempt costs one connect. So the
+/// longest wait is short: every second of it delays every event for this node's sessions by up
+/// to that long once Redis is back.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Messages kept while Redis is unreachable; beyond it the oldest are dropped and every node is
 /// asked to catch up once the bridge is back.
 const WAITING_CAPACITY: usize = 10_000;
