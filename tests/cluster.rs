@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::process::{Running, client, free_port, json_of, next, signal, start_with, wait_ready};
 use support::proxy::Proxy;
-use support::redis::{OwnCluster, OwnRedis, shared, unique_prefix};
+use support::redis::{OwnCluster, OwnRedis, port_of, shared, unique_prefix};
 use support::{Server, fresh_database};
 
 const API_KEY: &str = "cluster-test-key";
@@ -763,12 +763,7 @@ async fn every_message_kept_while_cut_off_from_redis_arrives_once_the_node_is_ba
     };
     const USERS: usize = 100;
     const EACH: usize = 42;
-    let port: u16 = redis
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .unwrap();
-    let mut proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    let mut proxy = Proxy::start(([127, 0, 0, 1], port_of(&redis)).into()).await;
     let prefix = unique_prefix();
     let through = format!("redis://127.0.0.1:{}", proxy.port);
     let a = Node::start(&db.url, &through, &prefix, &[]).await;
@@ -809,23 +804,8 @@ async fn every_message_kept_while_cut_off_from_redis_arrives_once_the_node_is_ba
     );
     proxy.resume().await;
 
-    for (u, stream) in streams.iter_mut().enumerate() {
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while seen.len() < EACH {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(e))) if e.event == "post_liked" => {
-                    seen.push(e.id.parse::<usize>().unwrap());
-                }
-                Ok(Some(Ok(_))) => {}
-                _ => break,
-            }
-        }
-        assert_eq!(
-            seen,
-            (1..=EACH).collect::<Vec<_>>(),
-            "u{u}: once each, in order"
-        );
+    for stream in &mut streams {
+        expect_cursors(stream, EACH as i64, Duration::from_secs(20)).await;
     }
     assert_eq!(
         b.metric("belay_gaps_total").await,

@@ -41,16 +41,19 @@ pub fn answers(port: u16) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
 }
 
+/// The port of a `redis://host:port` URL (6379 when it names none).
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or(6379)
+}
+
 /// The machine's Redis, or `None` after saying why.
 pub fn shared() -> Option<String> {
     let url = std::env::var("BELAY_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .unwrap_or(6379);
-    if answers(port) {
+    if answers(port_of(&url)) {
         Some(url)
     } else {
         skip_or_fail("Redis", &format!("nothing answers at {url}"));
